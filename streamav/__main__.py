@@ -1,0 +1,5 @@
+"""`python -m streamav` is the same as the `streamav` command."""
+
+from streamav.cli import main
+
+main()
