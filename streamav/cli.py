@@ -1,0 +1,153 @@
+"""The `streamav` command line (typer): live, subscribe, devices, --version.
+
+Every fatal error is a `StreamavError`: it is printed as one line on stderr
+(`streamav: error: ...`) and the process exits with that error's exit code (streamav/errors.py);
+no traceback. Heavy modules are imported inside the commands so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from streamav import __version__
+from streamav.errors import InputError, StreamavError
+
+app = typer.Typer(
+    name="streamav",
+    help="Real-time audiovisual analysis of a speaking person, published over ZeroMQ.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEMO_CLIP = "1001_DFA_HAP_XX.flv"
+
+
+def demo_clip_path() -> Path:
+    """The bundled CREMA-D clip (see streamav/data/demo/ATTRIBUTION.md)."""
+    return Path(str(files("streamav.data") / "demo" / DEMO_CLIP))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"streamav {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more (INFO level)."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="streamav: %(message)s", stream=sys.stderr)
+
+
+@app.command()
+def live(
+    camera: Optional[str] = typer.Option(None, help="Camera index or device path (default 0)."),
+    video: Optional[str] = typer.Option(None, help="Video file or URL (PyAV) instead of a camera."),
+    mic: Optional[str] = typer.Option(None, help="Microphone: 'default', an index or part of a name."),
+    audio: Optional[str] = typer.Option(None, help="Audio file (wav, flac, mp3, ...)."),
+    no_audio: bool = typer.Option(False, "--no-audio", help="Run on video alone."),
+    demo: bool = typer.Option(False, "--demo", help="Run on the bundled CREMA-D clip."),
+    publish: Optional[str] = typer.Option(None, help="PUB endpoint [tcp://127.0.0.1:5555]."),
+    control: Optional[str] = typer.Option(
+        None, help="REQ/REP control endpoint [tcp://127.0.0.1:5556]; 'none' to disable."),
+    curve_secret_key: Optional[Path] = typer.Option(
+        None, help="CURVE secret key file (zmq.auth), required for a non-loopback --publish."),
+    stream_id: Optional[str] = typer.Option(None, help="Stream id put in every message."),
+    preview: Optional[bool] = typer.Option(
+        None, "--preview/--no-preview", help="Preview window [on when a display exists]."),
+    realtime: Optional[bool] = typer.Option(
+        None, "--realtime/--no-realtime",
+        help="Real time (newest frame, drops counted) or every frame of a file, deterministic."),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    width: Optional[int] = typer.Option(None, help="Camera frame width in px [640]."),
+    height: Optional[int] = typer.Option(None, help="Camera frame height in px [480]."),
+    fps: Optional[float] = typer.Option(None, help="Camera frame rate [30]."),
+    stats_json: Optional[Path] = typer.Option(None, help="Write the final stats here (JSON)."),
+    config: Optional[Path] = typer.Option(None, help="TOML config (see docs/config.md)."),
+) -> None:
+    """Capture, run the front ends and publish results until the input ends or you stop it."""
+    if demo:
+        if video is not None or camera is not None:
+            raise InputError("--demo plays the bundled clip: leave out --video and --camera")
+        video = str(demo_clip_path())
+    overrides = {
+        "source.camera": camera, "source.video": video, "source.mic": mic, "source.audio": audio,
+        "source.no_audio": True if no_audio else None,
+        "camera.width_px": width, "camera.height_px": height, "camera.fps": fps,
+        "publish.endpoint": publish, "publish.stream_id": stream_id,
+        "publish.curve_secret_key_file": str(curve_secret_key) if curve_secret_key else None,
+        "publish.control_endpoint": control,
+        "run.preview": preview, "run.realtime": realtime, "run.max_frames": max_frames,
+        "run.duration_s": duration, "run.stats_json": str(stats_json) if stats_json else None,
+    }
+    from streamav.live import run_live
+
+    summary = run_live(config, overrides)
+    final = summary.final_stats
+    typer.echo(
+        f"streamav: {final['frames']} frames in {final['elapsed_s']:.1f} s "
+        f"({final['fps']:.1f} fps), face found on {final['faces_found']}, "
+        f"{final['dropped_frames']} dropped; stopped: {summary.stop_reason}", err=True)
+
+
+@app.command()
+def subscribe(
+    endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint to connect to."),
+    topic: list[str] = typer.Option([], help="Topic prefix (repeatable); default: all."),
+    count: Optional[int] = typer.Option(None, help="Exit after this many messages."),
+    timeout: Optional[float] = typer.Option(None, help="Exit if nothing arrives for this long (s)."),
+    buffers_base64: bool = typer.Option(False, help="Print raw buffers as base64."),
+    server_key: Optional[Path] = typer.Option(None, help="The publisher's CURVE public key file."),
+) -> None:
+    """Print the messages of a running streamav as JSON lines."""
+    from streamav.wire.subscriber import subscribe_to_jsonl
+
+    subscribe_to_jsonl(endpoint, tuple(topic) or ("",), count, sys.stdout, timeout_s=timeout,
+                       buffers_base64=buffers_base64, curve_server_public_key_file=server_key)
+
+
+@app.command()
+def devices() -> None:
+    """List cameras and audio inputs."""
+    from rich.console import Console
+
+    from streamav.devices import print_devices
+
+    print_devices(Console())
+
+
+def main() -> None:
+    """Entry point: run the app, turning StreamavError into one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except StreamavError as exc:
+        print(f"streamav: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("streamav: aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(0)
+

@@ -1,0 +1,64 @@
+"""Assembles a live run from its config: sources, face front end, publisher, control, preview."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from streamav import __version__
+from streamav.config import LiveConfig, load_config
+from streamav.frontend.face import FaceFrontEnd
+from streamav.pipeline import LivePipeline, RunSummary
+from streamav.preview import PreviewWindow, display_available
+from streamav.sources.factory import build_sources
+from streamav.wire.control import ControlServer
+from streamav.wire.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+
+def _preview(config: LiveConfig) -> PreviewWindow | None:
+    wanted = config.run.preview
+    if wanted is False:
+        return None
+    available, why = display_available()
+    if not available:
+        log.warning("%s: running without preview", why)
+        return None
+    return PreviewWindow()
+
+
+def _control(config: LiveConfig) -> ControlServer | None:
+    endpoint = config.publish.control_endpoint
+    if endpoint is None or endpoint.lower() == "none":
+        return None
+    return ControlServer(endpoint)
+
+
+def build_pipeline(config: LiveConfig) -> LivePipeline:
+    pub = config.publish
+    publisher = Publisher(
+        endpoint=pub.endpoint, stream_id=pub.stream_id, queue_size=pub.queue_size,
+        send_hwm=pub.send_hwm,
+        curve_secret_key_file=Path(pub.curve_secret_key_file) if pub.curve_secret_key_file else None,
+    )
+    return LivePipeline(config, build_sources(config), FaceFrontEnd(config.face), publisher,
+                        preview=_preview(config), control=_control(config))
+
+
+def run_live(config_path: Path | None, overrides: dict[str, Any]) -> RunSummary:
+    config = load_config(config_path, overrides)
+    summary = build_pipeline(config).run()
+    if config.run.stats_json:
+        write_stats_json(Path(config.run.stats_json), config, summary)
+    return summary
+
+
+def write_stats_json(path: Path, config: LiveConfig, summary: RunSummary) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"streamav_version": __version__, "stop_reason": summary.stop_reason,
+                "stats": summary.final_stats, "config": dataclasses.asdict(config)}
+    path.write_text(json.dumps(document, indent=2) + "\n")

@@ -1,0 +1,248 @@
+"""The live pipeline: sources → AV ring → worker (face, spectrum) → publisher, plus preview.
+
+Threads, not asyncio (DESIGN section 2): each source has its own thread or device callback, the
+worker thread does the per-frame compute, the publisher thread owns the PUB socket, and the main
+thread runs the optional preview window (OpenCV wants the main thread) or just waits.
+
+A run ends at the end of the video stream, after `max_frames` frames or `duration_s` seconds,
+on Ctrl-C, on `q` in the preview, or on a fatal source error. It always ends the same way: a
+`status` stopping message, the final `stats` message, and everything joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from streamav.clock import NS_PER_S, now_ns, wall_anchor
+from streamav.config import LiveConfig
+from streamav.frontend.face import FaceResult
+from streamav.frontend.spectrum import CausalPowerSpectrum
+from streamav.ring import AVRing, VideoFrame
+from streamav.run_stats import RunStats
+from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, Source
+from streamav.wire import protocol
+
+log = logging.getLogger(__name__)
+
+_READ_TIMEOUT_S = 0.1  # how often the worker wakes to check for stop and send stats
+
+
+class FaceStage(Protocol):
+    def start(self) -> None: ...
+    def step(self, image_bgr: np.ndarray) -> FaceResult: ...
+    def stop(self) -> None: ...
+
+
+class PublisherLike(Protocol):
+    def start(self) -> None: ...
+    def publish(self, topic: str, payload: dict, t_capture_ns: int, buffers=()) -> bool: ...
+    def stop(self, timeout_s: float = 2.0) -> None: ...
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the worker made of one frame; the preview shows the newest one."""
+
+    frame: VideoFrame
+    face: FaceResult
+    audio_level_dbfs: float | None
+    spectrum: np.ndarray | None  # (513,) float32 power, None without audio
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    final_stats: dict
+    stop_reason: str
+
+
+class LivePipeline:
+    """One run of `streamav live`. Build it, call `run()` once."""
+
+    def __init__(self, config: LiveConfig, sources: list[Source], face: FaceStage,
+                 publisher: PublisherLike, preview=None, control=None) -> None:
+        self.config = config
+        self.sources = sources
+        self.face = face
+        self.spectrum = CausalPowerSpectrum(config.spectrum)
+        self.publisher = publisher
+        self.preview = preview
+        self.control = control
+        self.stats = RunStats()
+        self.has_audio = any(s.has_audio for s in sources)
+        self.latest: FrameResult | None = None
+        self._stop = threading.Event()
+        self._stop_reason = "end of input"
+        self._worker_error: BaseException | None = None
+        self._ring = AVRing(
+            video_capacity_frames=config.ring.video_capacity_frames,
+            audio_capacity_samples=int(config.ring.audio_capacity_s * MODEL_SAMPLE_RATE_HZ),
+            sample_rate_hz=MODEL_SAMPLE_RATE_HZ,
+            blocking=not config.run.realtime,
+            on_status=self._on_source_status,
+        )
+        if hasattr(publisher, "on_sent"):
+            publisher.on_sent = self._on_sent
+
+    # -- control ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+            self._ring.abort()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        started: list = []
+        try:
+            self.publisher.start()
+            started.append(self.publisher)
+            if self.control is not None:
+                self.control.start()
+                started.append(self.control)
+            self.face.start()
+            started.append(self.face)
+            self._publish_status("started", f"sources: {', '.join(s.name for s in self.sources)}")
+            for source in self.sources:
+                source.start(self._ring)
+                started.append(source)
+            worker = threading.Thread(target=self._work, name="streamav-worker", daemon=True)
+            worker.start()
+            self._wait(worker)
+            worker.join()
+            final = self._finish()
+        finally:
+            self._ring.abort()
+            for component in reversed(started):
+                if component is self.publisher:
+                    continue
+                component.stop()
+            if self.publisher in started:
+                self.publisher.stop()
+        self._raise_errors()
+        return RunSummary(final_stats=final, stop_reason=self._stop_reason)
+
+    def _wait(self, worker: threading.Thread) -> None:
+        """Main thread: run the preview if any, else wait; Ctrl-C stops the run cleanly."""
+        try:
+            if self.preview is not None:
+                self.preview.run(self, worker)
+            while worker.is_alive():
+                worker.join(timeout=0.2)
+        except KeyboardInterrupt:
+            self.request_stop("interrupted")
+            worker.join()
+
+    def _finish(self) -> dict:
+        self._publish_status("stopping", self._stop_reason)
+        final = self._stats_payload(final=True)
+        self.publisher.publish(protocol.TOPIC_STATS, final, now_ns())
+        return final
+
+    def _raise_errors(self) -> None:
+        if self._worker_error is not None:
+            raise self._worker_error
+        for source in self.sources:
+            if source.error() is not None:
+                raise source.error()
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            self._work_loop()
+        except BaseException as exc:  # surfaced by run() in the main thread
+            self._worker_error = exc
+            self.request_stop(f"worker failed: {exc}")
+
+    def _work_loop(self) -> None:
+        run = self.config.run
+        read = self._ring.video.read_newest if run.realtime else self._ring.video.read_next
+        deadline_ns = None if run.duration_s is None else now_ns() + int(run.duration_s * NS_PER_S)
+        while not self._stop.is_set():
+            if self.stats.window_due(run.stats_interval_s):
+                self.publisher.publish(protocol.TOPIC_STATS, self._stats_payload(final=False),
+                                       now_ns())
+            if deadline_ns is not None and now_ns() >= deadline_ns:
+                self.request_stop("duration reached")
+                break
+            frame = read(timeout_s=_READ_TIMEOUT_S)
+            if frame is None:
+                if self._ring.video.closed:
+                    if any(s.error() is not None for s in self.sources):
+                        self.request_stop("source failed")
+                    break
+                continue
+            self._process(frame)
+            if run.max_frames is not None and self.stats.frames >= run.max_frames:
+                self.request_stop("max frames reached")
+
+    def _process(self, frame: VideoFrame) -> None:
+        record = self.stats.latency.record_ns
+        t_pickup = now_ns()
+        record("decode", frame.decode_ns)
+        record("queue", t_pickup - frame.t_capture_ns)
+        spectrum = level = skew_ns = None
+        if self.has_audio:
+            window = self._ring.audio.window_ending_at(
+                frame.t_capture_ns, self.config.spectrum.window_samples)
+            t0 = now_ns()
+            spectrum = self.spectrum.step(window.samples)
+            record("spectrum", now_ns() - t0)
+            level = self.spectrum.level_dbfs(window.samples)
+            skew_ns = window.skew_ns
+        t0 = now_ns()
+        face = self.face.step(frame.image_bgr)
+        record("face", now_ns() - t0)
+        self.publisher.publish(protocol.TOPIC_FACE, face_payload(face, frame), frame.t_capture_ns)
+        self.stats.frame_done(face.found, skew_ns)
+        self.latest = FrameResult(frame, face, level, spectrum)
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _on_sent(self, topic: str, t_capture_ns: int, t_enqueue_ns: int, t_sent_ns: int) -> None:
+        """Publisher thread: a message left the socket."""
+        self.stats.latency.record_ns("publish", t_sent_ns - t_enqueue_ns)
+        if topic == protocol.TOPIC_FACE:
+            self.stats.latency.record_ns("capture_to_publish", t_sent_ns - t_capture_ns)
+
+    def _on_source_status(self, state: str, reason: str) -> None:
+        log.warning("%s: %s", state.replace("_", " "), reason)
+        self._publish_status(state, reason)
+
+    def _publish_status(self, state: str, reason: str) -> None:
+        payload = {"state": state, "reason": reason, "anchor": wall_anchor()}
+        self.publisher.publish(protocol.TOPIC_STATUS, payload, now_ns())
+
+    def _stats_payload(self, final: bool) -> dict:
+        counters = getattr(self.publisher, "dropped_queue_full", 0) + getattr(
+            self.publisher, "dropped_send", 0)
+        return self.stats.payload(
+            final=final,
+            dropped_frames=self._ring.video.dropped_frames,
+            audio_overflows=self._ring.audio_overflows,
+            audio_samples_lost=self._ring.audio.overwritten_samples,
+            publish_dropped=counters,
+        )
+
+
+def face_payload(face: FaceResult, frame: VideoFrame) -> dict:
+    """The `face` message's fields (docs/protocol.md)."""
+    payload: dict = {"found": bool(face.found), "frame_seq": frame.seq,
+                     "image_size": [int(frame.image_bgr.shape[1]), int(frame.image_bgr.shape[0])]}
+    if face.found and face.box_xywh is not None:
+        payload["box"] = [float(v) for v in face.box_xywh]
+        payload["landmarks"] = np.asarray(face.landmarks_xy, dtype=np.float64).round(2).tolist()
+    else:
+        payload["box"] = None
+    return payload

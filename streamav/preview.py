@@ -1,0 +1,96 @@
+"""The preview window: the frame, the face box, the 64x64 crop, an audio meter, fps and latency.
+
+`render_preview` composes one image (a pure function, tested headless); `PreviewWindow` shows it
+in an OpenCV window on the main thread until the run ends or the user presses `q` (or Esc).
+`display_available` decides whether a window can be opened at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_PANEL_PX = 160  # width of the side panel: the crop scaled 2x, the meter, the numbers
+_GREEN = (80, 220, 80)
+_WHITE = (235, 235, 235)
+
+
+def display_available() -> tuple[bool, str]:
+    """(True, "") when a window can be shown here, else (False, why not)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                or os.environ.get("WAYLAND_DISPLAY")):
+        return False, "no display ($DISPLAY and $WAYLAND_DISPLAY are not set)"
+    return True, ""
+
+
+def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | None = None,
+                   audio_level_dbfs: float | None = None, fps: float | None = None,
+                   latency_ms: float | None = None) -> np.ndarray:
+    """The preview image: the frame with the face box, and a side panel. Returns BGR uint8."""
+    height = max(image_bgr.shape[0], 2 * 64 + 140)
+    canvas = np.zeros((height, image_bgr.shape[1] + _PANEL_PX, 3), np.uint8)
+    canvas[:image_bgr.shape[0], :image_bgr.shape[1]] = image_bgr
+    if box_xywh is not None:
+        x, y, w, h = (int(round(v)) for v in box_xywh)
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), _GREEN, 2)
+    x0 = image_bgr.shape[1] + 16
+    if crop_rgb is not None:
+        crop = cv2.resize(cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR), (128, 128),
+                          interpolation=cv2.INTER_NEAREST)
+        canvas[8:136, x0:x0 + 128] = crop
+    _draw_meter(canvas, x0, 150, audio_level_dbfs)
+    lines = [f"{fps:5.1f} fps" if fps is not None else "-- fps",
+             f"{latency_ms:5.1f} ms" if latency_ms is not None else "-- ms", "q: quit"]
+    for i, text in enumerate(lines):
+        cv2.putText(canvas, text, (x0, 200 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _WHITE, 1,
+                    cv2.LINE_AA)
+    return canvas
+
+
+def _draw_meter(canvas: np.ndarray, x0: int, y0: int, level_dbfs: float | None) -> None:
+    """A horizontal bar from -60 dBFS (empty) to 0 dBFS (full)."""
+    cv2.rectangle(canvas, (x0, y0), (x0 + 128, y0 + 14), _WHITE, 1)
+    if level_dbfs is None:
+        return
+    fill = int(128 * np.clip((level_dbfs + 60.0) / 60.0, 0.0, 1.0))
+    color = _GREEN if level_dbfs < -6 else (60, 60, 230)
+    if fill > 0:
+        cv2.rectangle(canvas, (x0, y0), (x0 + fill, y0 + 14), color, -1)
+
+
+class PreviewWindow:
+    """Shows the pipeline's newest result in an OpenCV window until the run ends or `q`."""
+
+    def __init__(self, title: str = "streamav") -> None:
+        self.title = title
+
+    def run(self, pipeline, worker: threading.Thread) -> None:
+        shown_seq = -1
+        try:
+            while worker.is_alive() and not pipeline.stopping:
+                latest = pipeline.latest
+                if latest is not None and latest.frame.seq != shown_seq:
+                    shown_seq = latest.frame.seq
+                    stats = pipeline.stats.latency.total["capture_to_publish"]
+                    image = render_preview(latest.frame.image_bgr, latest.face.box_xywh,
+                                           latest.face.crop_rgb, latest.audio_level_dbfs,
+                                           pipeline.stats.recent_fps(),
+                                           stats.percentile_ms(50))
+                    cv2.imshow(self.title, image)
+                key = cv2.waitKey(15) & 0xFF
+                if key in (ord("q"), 27):
+                    pipeline.request_stop("quit from the preview")
+        except cv2.error as exc:
+            log.warning("preview window failed (%s); running headless", exc)
+        finally:
+            try:
+                cv2.destroyAllWindows()
+            except cv2.error:
+                pass

@@ -1,0 +1,326 @@
+"""The wire protocol: message layout, topics, envelope, and the transport rules (loopback or CURVE).
+
+A message is a ZeroMQ multipart message:
+
+    [topic (utf-8), one msgpack map, raw buffer 0, raw buffer 1, ...]
+
+The map holds the envelope fields (`ENVELOPE_FIELDS`) and the topic's own fields. Raw buffers
+carry bulk binary data (a video frame) without copying it through msgpack. docs/protocol.md is
+the reference for people writing subscribers; this module is its implementation.
+
+Encoding rules (the same for every producer):
+
+- Keys of the map (and of maps inside it) are `str`. Floats are written as msgpack float64, never float32.
+- numpy values inside a payload are converted, not rejected: numpy scalars become Python
+  scalars, arrays become (nested) lists via `ndarray.tolist()` (float32 arrays thus become
+  float64 lists). Bulk arrays (images) belong in raw buffers instead.
+- Anything msgpack cannot write (sets, datetimes, complex numbers, ...) raises `TypeError` naming
+  the offending type, in the caller's thread, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+from urllib.parse import urlsplit
+
+import msgpack
+import numpy as np
+import zmq
+import zmq.auth
+
+from streamav.errors import EndpointError
+
+SCHEMA_VERSION = 1
+
+# Topics. Subscribers match by prefix: subscribing to "emotion" also delivers "emotion.change".
+TOPIC_EMOTION = "emotion"
+TOPIC_EMOTION_CHANGE = "emotion.change"
+TOPIC_FACE = "face"
+TOPIC_VIDEO_DENOISED = "video.denoised"
+TOPIC_LATENT = "latent"
+TOPIC_STATS = "stats"
+TOPIC_STATUS = "status"
+TOPICS = (
+    TOPIC_EMOTION,
+    TOPIC_EMOTION_CHANGE,
+    TOPIC_FACE,
+    TOPIC_VIDEO_DENOISED,
+    TOPIC_LATENT,
+    TOPIC_STATS,
+    TOPIC_STATUS,
+)
+
+# Fields every message carries, written by the publisher thread (see docs/protocol.md).
+ENVELOPE_FIELDS = ("schema", "stream", "seq", "t_capture", "t_publish")
+# Names a payload may not use: the envelope, plus the two keys `streamav subscribe` adds to a line.
+RESERVED_FIELDS = frozenset(ENVELOPE_FIELDS) | {"topic", "buffers"}
+
+Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
+Frame = Union[bytes, memoryview]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received message: its topic, its whole map (envelope included), its raw buffers."""
+
+    topic: str
+    payload: dict[str, Any]
+    buffers: tuple[bytes, ...] = ()
+
+    @property
+    def schema(self) -> int | None:
+        return self.payload.get("schema")
+
+    @property
+    def stream(self) -> str | None:
+        return self.payload.get("stream")
+
+    @property
+    def seq(self) -> int | None:
+        return self.payload.get("seq")
+
+    @property
+    def t_capture_s(self) -> float | None:
+        """Capture time of the data this message derives from (publisher's monotonic clock, s)."""
+        return self.payload.get("t_capture")
+
+    @property
+    def t_publish_s(self) -> float | None:
+        """When the publisher sent it (publisher's monotonic clock, s)."""
+        return self.payload.get("t_publish")
+
+
+@dataclass(frozen=True)
+class PackedPayload:
+    """A payload serialized ahead of time: its field count and its packed key/value pairs.
+
+    The publisher packs payloads in the caller's thread (so encoding errors surface there) and
+    prepends the envelope in its own thread, without packing the payload a second time.
+    """
+
+    n_fields: int
+    body: bytes
+
+
+def _to_msgpack(obj: Any) -> Any:
+    """msgpack's `default` hook: numpy values to Python ones; everything else is a TypeError."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):  # np.float32, np.int64, np.bool_, ...
+        return obj.item()
+    raise TypeError(
+        f"cannot encode a value of type {type(obj).__module__}.{type(obj).__qualname__} in a "
+        "streamav message; use str, int, float, bool, None, bytes, lists, dicts or numpy values"
+    )
+
+
+def _packer() -> msgpack.Packer:
+    # use_single_float=False: every float goes out as float64. use_bin_type: bytes stay binary.
+    return msgpack.Packer(default=_to_msgpack, use_bin_type=True, use_single_float=False)
+
+
+def _check_keys(value: Any, path: str) -> None:
+    """Map keys are str at every depth (msgpack itself would write int keys, and many readers choke)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"map keys are str, not {type(key).__qualname__} ({path}{key!r})")
+            if isinstance(item, (Mapping, list, tuple)):
+                _check_keys(item, f"{path}{key}.")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if isinstance(item, (Mapping, list, tuple)):
+                _check_keys(item, f"{path}{index}.")
+
+
+def packb(value: Any) -> bytes:
+    """One value as msgpack, by the protocol's rules (str keys, numpy converted, float64 floats)."""
+    _check_keys(value, "")
+    return _packer().pack(value)
+
+
+def pack_payload(payload: Mapping[str, Any]) -> PackedPayload:
+    """Serialize a payload's fields (not the envelope). Raises TypeError / ValueError on bad input."""
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"a payload is a dict, not {type(payload).__qualname__}")
+    _check_keys(payload, "")
+    packer = _packer()
+    parts: list[bytes] = []
+    for key, value in payload.items():
+        if key in RESERVED_FIELDS:
+            raise ValueError(f"payload field {key!r} is reserved (envelope or subscribe output)")
+        parts.append(packer.pack(key))
+        parts.append(packer.pack(value))
+    return PackedPayload(n_fields=len(payload), body=b"".join(parts))
+
+
+def pack_map(envelope: Mapping[str, Any], payload: PackedPayload) -> bytes:
+    """The message's msgpack map: the envelope fields first, then the pre-packed payload."""
+    packer = _packer()
+    parts = [packer.pack_map_header(len(envelope) + payload.n_fields)]
+    for key, value in envelope.items():
+        parts.append(packer.pack(key))
+        parts.append(packer.pack(value))
+    parts.append(payload.body)
+    return b"".join(parts)
+
+
+def buffer_to_bytes(buffer: Buffer) -> bytes:
+    """A private, immutable copy of a raw buffer (numpy arrays in C order), safe to send later."""
+    if isinstance(buffer, bytes):
+        return buffer  # immutable already: no copy needed
+    if isinstance(buffer, np.ndarray):
+        return np.ascontiguousarray(buffer).tobytes()
+    if isinstance(buffer, (bytearray, memoryview)):
+        return memoryview(buffer).tobytes()
+    raise TypeError(
+        f"a raw buffer is bytes, bytearray, memoryview or a numpy array, not {type(buffer).__qualname__}"
+    )
+
+
+def encode(topic: str, payload: Mapping[str, Any], buffers: Iterable[Buffer] = ()) -> list[Frame]:
+    """The multipart frames of one message: [topic, msgpack map of `payload`, *buffers].
+
+    `payload` is written as given (no envelope is added here; `Publisher` does that). Everything
+    is serialized before this returns, so a TypeError can never leave half a message on a socket.
+    """
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"a topic is a non-empty str, not {topic!r}")
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"a payload is a dict, not {type(payload).__qualname__}")
+    body = packb(dict(payload))
+    return [topic.encode("utf-8"), body, *(buffer_to_bytes(b) for b in buffers)]
+
+
+def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
+    """Parse received multipart frames into a `Message`. Raises ValueError if they are not one.
+
+    Accepts bytes, memoryviews or pyzmq `Frame` objects (anything with the buffer protocol).
+    """
+    if len(frames) < 2:
+        raise ValueError(f"a streamav message has at least 2 frames (topic, map), got {len(frames)}")
+    raw = [f.bytes if hasattr(f, "bytes") else bytes(f) for f in frames]
+    try:
+        topic = raw[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"topic frame is not utf-8: {raw[0][:40]!r}") from exc
+    try:
+        payload = msgpack.unpackb(raw[1], raw=False, strict_map_key=False)  # lenient in what we read
+    except Exception as exc:  # msgpack raises several unrelated types (ExtraData, ValueError, ...)
+        raise ValueError(f"message map for topic {topic!r} is not valid msgpack: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"message body for topic {topic!r} is a {type(payload).__name__}, not a map")
+    return Message(topic=topic, payload=payload, buffers=tuple(raw[2:]))
+
+
+# ---- Transport policy: which endpoints need CURVE; bind and connect with clear errors ---------
+
+_LOOPBACK_NAMES = {"localhost", "lo", "ip6-localhost"}
+
+
+def endpoint_host(endpoint: str) -> str | None:
+    """The host part of a tcp:// endpoint ("127.0.0.1", "::1", "*", "eth0"); None for others."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp":
+        return None
+    netloc = parts.netloc
+    if netloc.startswith("["):  # [::1]:5555
+        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc[1:]
+    return netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for endpoints only this machine can reach: 127.0.0.0/8, ::1, localhost, ipc, inproc.
+
+    Wildcards (`*`, 0.0.0.0), interface names other than `lo`, other addresses and other
+    transports (pgm, udp, ws) count as reachable from the network.
+    """
+    scheme = urlsplit(endpoint).scheme
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = endpoint_host(endpoint)
+    if host is None:
+        return False
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_ipv6_endpoint(endpoint: str) -> bool:
+    host = endpoint_host(endpoint)
+    return host is not None and ":" in host
+
+
+def _load_certificate(path: Path) -> tuple[bytes, bytes | None]:
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise EndpointError(f"cannot read CURVE certificate {path}: {exc}") from exc
+
+
+def secure_server(socket: zmq.Socket, endpoint: str, curve_secret_key_file: Path | None) -> None:
+    """Make `socket` a CURVE server when keys are given; refuse a network endpoint without them.
+
+    Call before `bind`. `curve_secret_key_file` is a zmq.auth secret certificate
+    (`*.key_secret`, as written by `zmq.auth.create_certificates`).
+    """
+    if curve_secret_key_file is None:
+        if not is_loopback_endpoint(endpoint):
+            raise EndpointError(
+                f"{endpoint} is reachable from the network: binding it needs CURVE keys "
+                "(a secret key file made with zmq.auth.create_certificates; see docs/protocol.md), "
+                "or bind tcp://127.0.0.1 instead"
+            )
+        return
+    public_key, secret_key = _load_certificate(Path(curve_secret_key_file))
+    if secret_key is None:
+        raise EndpointError(
+            f"{curve_secret_key_file} holds only a public key; the server needs the .key_secret file"
+        )
+    socket.curve_secretkey = secret_key
+    socket.curve_publickey = public_key
+    socket.curve_server = True
+
+
+def secure_client(socket: zmq.Socket, curve_server_public_key_file: Path | None) -> None:
+    """Make `socket` a CURVE client of the server whose public key file is given (None: plain).
+
+    The client's own key pair is generated for this socket (the server does not authenticate
+    clients; see docs/protocol.md). Call before `connect`.
+    """
+    if curve_server_public_key_file is None:
+        return
+    server_public_key, _ = _load_certificate(Path(curve_server_public_key_file))
+    client_public_key, client_secret_key = zmq.curve_keypair()
+    socket.curve_serverkey = server_public_key
+    socket.curve_publickey = client_public_key
+    socket.curve_secretkey = client_secret_key
+
+
+def bind(socket: zmq.Socket, endpoint: str) -> None:
+    """`socket.bind(endpoint)` with failures turned into EndpointError with a clear reason."""
+    if is_ipv6_endpoint(endpoint):
+        socket.ipv6 = True
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            raise EndpointError(f"{endpoint} is already in use (another streamav running?)") from exc
+        raise EndpointError(f"cannot bind {endpoint}: {exc.strerror}") from exc
+
+
+def connect(socket: zmq.Socket, endpoint: str) -> None:
+    """`socket.connect(endpoint)` with failures (bad address) turned into EndpointError."""
+    if is_ipv6_endpoint(endpoint):
+        socket.ipv6 = True
+    try:
+        socket.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise EndpointError(f"cannot connect to {endpoint}: {exc.strerror}") from exc

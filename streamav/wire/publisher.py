@@ -1,0 +1,293 @@
+"""The publisher: takes results from the worker without ever blocking it, and sends them on a PUB socket.
+
+`publish()` (any thread; in production the worker) serializes the payload, copies the raw
+buffers, reserves the topic's next `seq` and puts the message on a bounded queue with
+`put_nowait`; a full queue drops the message and counts it. One publisher thread owns the PUB
+socket: it takes messages off the queue, writes the envelope (`schema`, `stream`, `seq`,
+`t_capture`, `t_publish`) and sends with `zmq.NOBLOCK`.
+
+Why `seq` is reserved in `publish()` and not when sending: a message dropped on a full queue then
+leaves a gap in its topic's sequence, so subscribers see every loss after the result was
+produced (queue full, send refused, high-water mark), not only the losses on the network side.
+
+Non-loopback endpoints need CURVE keys; make them once with
+
+    python -c "import zmq.auth; zmq.auth.create_certificates('keys', 'server')"
+
+which writes keys/server.key (public: give it to subscribers) and keys/server.key_secret (pass
+it as `curve_secret_key_file`). See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import socket as _socket
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from streamav.clock import NS_PER_S, now_ns, ns_to_s
+from streamav.errors import EndpointError
+from streamav.latency import LatencyHistogram
+from streamav.wire import protocol
+from streamav.wire.protocol import SCHEMA_VERSION, Buffer, PackedPayload
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
+_POLL_S = 0.05  # how often the idle publisher thread looks at the stop flag
+_LINGER_MS = 500  # at most this long to flush the socket's own queue on close
+_START_TIMEOUT_S = 10.0
+
+
+def default_stream_id() -> str:
+    """A stream id unique to this run: host, process id and a random suffix (e.g. "lab-pc-4242-9f3a1c")."""
+    return f"{_socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    topic: str
+    seq: int
+    payload: PackedPayload
+    buffers: tuple[bytes, ...]
+    t_capture_ns: int
+    t_enqueue_ns: int
+
+
+class Publisher:
+    """The PUB side of the wire. Use as a context manager, or `start()` ... `stop()`.
+
+    Counters (read them from any thread): `published` (sent), `dropped_queue_full` (publish()
+    found the queue full), `dropped_send` (the socket refused the message), `dropped_at_stop`
+    (still queued when stop() ran out of time, or published after stop), and `latency`, the
+    enqueue-to-sent time ("publish" stage). Note that a PUB socket drops silently for a
+    subscriber whose high-water mark is reached: those drops are seen only by the subscriber, as
+    `seq` gaps.
+
+    `on_sent`, if set, is called in the publisher thread after each successful send as
+    `on_sent(topic, t_capture_ns, t_enqueue_ns, t_sent_ns)`; set it before start() to see every
+    message. It must be quick and must not call back into the publisher; an exception from it is
+    logged once and otherwise ignored.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_PUB_ENDPOINT,
+        stream_id: str | None = None,
+        queue_size: int = 512,
+        send_hwm: int = 1000,
+        curve_secret_key_file: Path | None = None,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.endpoint = endpoint
+        self.stream_id = stream_id if stream_id is not None else default_stream_id()
+        self.queue_size = queue_size
+        self.send_hwm = send_hwm
+        self.curve_secret_key_file = curve_secret_key_file
+        self.published = 0
+        self.dropped_queue_full = 0
+        self.dropped_send = 0
+        self.dropped_at_stop = 0
+        self.latency = LatencyHistogram()
+        self._queue: queue.Queue[_Outgoing] = queue.Queue(maxsize=queue_size)
+        self._next_seq: dict[str, int] = {}
+        self._enqueue_lock = threading.Lock()  # seq reservation + put, so queue order == seq order
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._stop_deadline_ns = 0
+        self._closed = False
+        self._send_error_logged = False
+        self._hook_error_logged = False
+        self.on_sent: Callable[[str, int, int, int], None] | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the PUB socket (in the publisher thread) and start sending.
+
+        Raises EndpointError here, in the caller's thread, if the endpoint cannot be bound.
+        """
+        if self._thread is not None:
+            raise RuntimeError("Publisher.start() called twice")
+        self._thread = threading.Thread(target=self._run, name="streamav-publisher", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_START_TIMEOUT_S):
+            raise EndpointError(f"binding {self.endpoint} did not finish within {_START_TIMEOUT_S} s")
+        if self._start_error is not None:
+            self._thread.join()
+            self._closed = True
+            raise self._start_error
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Send what is still queued (for at most `timeout_s`), then close the socket and join.
+
+        Messages still queued at the deadline are counted in `dropped_at_stop`. Idempotent.
+        """
+        with self._enqueue_lock:
+            self._closed = True
+        if self._thread is None:  # never started: nothing will send what was queued
+            self._drop_remaining()
+            return
+        self._stop_deadline_ns = now_ns() + int(timeout_s * NS_PER_S)
+        self._stopping.set()
+        self._thread.join(timeout_s + _LINGER_MS / 1000 + 1.0)
+        if self._thread.is_alive():
+            log.warning("publisher thread did not end within %.1f s", timeout_s)
+
+    def __enter__(self) -> Publisher:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ---- the caller's side ----------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        t_capture_ns: int,
+        buffers: Iterable[Buffer] = (),
+    ) -> bool:
+        """Queue one message; never blocks. Returns False if it was dropped (queue full, stopped).
+
+        `t_capture_ns` is the monotonic capture time (`streamav.clock.now_ns()`) of the data the
+        result derives from. `buffers` are copied here, so the caller may reuse its arrays at
+        once; `payload` is serialized here too, so an unencodable value raises TypeError (and a
+        reserved field name ValueError) in the caller's thread.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"a topic is a non-empty str, not {topic!r}")
+        packed = protocol.pack_payload(payload)
+        frames = tuple(protocol.buffer_to_bytes(b) for b in buffers)
+        with self._enqueue_lock:
+            seq = self._next_seq.get(topic, 0)
+            self._next_seq[topic] = seq + 1
+            if self._closed:
+                self.dropped_at_stop += 1
+                return False
+            item = _Outgoing(topic, seq, packed, frames, int(t_capture_ns), now_ns())
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self.dropped_queue_full += 1
+                return False
+        return True
+
+    @property
+    def dropped(self) -> int:
+        """Every message this publisher knows it lost (not the silent high-water-mark drops)."""
+        return self.dropped_queue_full + self.dropped_send + self.dropped_at_stop
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "dropped_queue_full": self.dropped_queue_full,
+            "dropped_send": self.dropped_send,
+            "dropped_at_stop": self.dropped_at_stop,
+            "queued": self._queue.qsize(),
+        }
+
+    # ---- the publisher thread -------------------------------------------------------------------
+
+    def _open_socket(self, context: zmq.Context) -> zmq.Socket:
+        sock = context.socket(zmq.PUB)
+        try:
+            sock.sndhwm = self.send_hwm
+            protocol.secure_server(sock, self.endpoint, self.curve_secret_key_file)
+            protocol.bind(sock, self.endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        try:
+            try:
+                sock = self._open_socket(context)
+            except BaseException as exc:  # reported to start() in the caller's thread
+                self._start_error = exc
+                return
+            finally:
+                self._ready.set()
+            try:
+                self._send_loop(sock)
+            finally:
+                remaining_ms = max(0, (self._stop_deadline_ns - now_ns()) // 1_000_000)
+                sock.close(linger=min(_LINGER_MS, remaining_ms) if self._stopping.is_set() else 0)
+        finally:
+            context.term()
+
+    def _send_loop(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            self._send(sock, item)
+            if self._stopping.is_set() and now_ns() > self._stop_deadline_ns:
+                self._drop_remaining()
+                return
+
+    def _drop_remaining(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+            with self._enqueue_lock:  # publish() after stop counts here too
+                self.dropped_at_stop += 1
+
+    def _send(self, sock: zmq.Socket, item: _Outgoing) -> None:
+        envelope = {
+            "schema": SCHEMA_VERSION,
+            "stream": self.stream_id,
+            "seq": item.seq,
+            "t_capture": ns_to_s(item.t_capture_ns),
+            "t_publish": ns_to_s(now_ns()),
+        }
+        frames: list[bytes] = [item.topic.encode("utf-8"), protocol.pack_map(envelope, item.payload)]
+        frames.extend(item.buffers)
+        try:
+            # copy=False: the frames are immutable bytes; pyzmq still copies small ones itself.
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped_send += 1
+            return
+        except zmq.ZMQError as exc:
+            self.dropped_send += 1
+            if not self._send_error_logged:  # transient fault: count it, log once
+                self._send_error_logged = True
+                log.warning("publishing on %s failed (counted in dropped_send): %s", self.endpoint, exc)
+            return
+        t_sent_ns = now_ns()
+        self.published += 1
+        self.latency.record_ns(t_sent_ns - item.t_enqueue_ns)
+        if self.on_sent is not None:
+            try:
+                self.on_sent(item.topic, item.t_capture_ns, item.t_enqueue_ns, t_sent_ns)
+            except Exception:
+                if not self._hook_error_logged:
+                    self._hook_error_logged = True
+                    log.exception("Publisher.on_sent failed (logged once)")

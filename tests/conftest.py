@@ -1,0 +1,51 @@
+"""Shared fixtures: paths to the real clips in ../shared, free ports, the installed CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CREMA_D = SHARED_DATA / "crema-d"
+OBAMA = SHARED_DATA / "talking-head" / "uncrop_Obama.mp4"
+CREMA_D_CLIPS = sorted(CREMA_D.glob("*.flv"))
+
+
+def require_shared_data() -> None:
+    if not CREMA_D_CLIPS or not OBAMA.exists():
+        pytest.skip(f"the real clips are not at {SHARED_DATA} (CI puts ../shared beside the repo)")
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_tcp_port()}"
+
+
+def streamav_command() -> list[str]:
+    """The installed console script if on PATH beside this Python, else `python -m streamav`."""
+    script = Path(sys.executable).with_name("streamav")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("streamav")
+    return [found] if found else [sys.executable, "-m", "streamav"]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for CLI subprocesses: headless, quiet MediaPipe."""
+    env = dict(os.environ)
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    env["GLOG_minloglevel"] = "2"
+    return env
