@@ -50,7 +50,7 @@ class RingConfig:
 class PublishConfig:
     endpoint: str = "tcp://127.0.0.1:5555"
     control_endpoint: str | None = "tcp://127.0.0.1:5556"
-    stream_id: str = "streamav"
+    stream_id: str | None = None  # None: "<host>-<pid>-<random>", unique per run
     queue_size: int = 512
     send_hwm: int = 1000
     curve_secret_key_file: str | None = None

@@ -35,7 +35,8 @@ def _control(config: LiveConfig) -> ControlServer | None:
     endpoint = config.publish.control_endpoint
     if endpoint is None or endpoint.lower() == "none":
         return None
-    return ControlServer(endpoint)
+    key = config.publish.curve_secret_key_file
+    return ControlServer(endpoint, curve_secret_key_file=Path(key) if key else None)
 
 
 def build_pipeline(config: LiveConfig) -> LivePipeline:

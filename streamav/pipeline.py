@@ -195,7 +195,7 @@ class LivePipeline:
         spectrum = level = skew_ns = None
         if self.has_audio:
             window = self._ring.audio.window_ending_at(
-                frame.t_capture_ns, self.config.spectrum.window_samples)
+                frame.t_media_ns, self.config.spectrum.window_samples)
             t0 = now_ns()
             spectrum = self.spectrum.step(window.samples)
             record("spectrum", now_ns() - t0)
@@ -239,6 +239,7 @@ class LivePipeline:
 def face_payload(face: FaceResult, frame: VideoFrame) -> dict:
     """The `face` message's fields (docs/protocol.md)."""
     payload: dict = {"found": bool(face.found), "frame_seq": frame.seq,
+                     "pts": frame.pts_s,
                      "image_size": [int(frame.image_bgr.shape[1]), int(frame.image_bgr.shape[0])]}
     if face.found and face.box_xywh is not None:
         payload["box"] = [float(v) for v in face.box_xywh]

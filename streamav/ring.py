@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from streamav.clock import NS_PER_S
+from streamav.clock import NS_PER_S, now_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,8 @@ class VideoFrame:
     """One captured frame as the worker sees it (its own copy)."""
 
     seq: int
-    t_capture_ns: int
+    t_capture_ns: int  # what results inherit: see VideoRing
+    t_media_ns: int  # the source's own timestamp: what the audio is aligned to
     pts_s: float | None
     decode_ns: int
     image_bgr: np.ndarray  # (H, W, 3) uint8
@@ -44,7 +45,14 @@ class AudioWindow:
 
 
 class VideoRing:
-    """A fixed number of frame slots, allocated on the first frame (whose size fixes the shape)."""
+    """A fixed number of frame slots, allocated on the first frame (whose size fixes the shape).
+
+    Each frame keeps the source's timestamp (`t_media_ns`, which aligns it with the audio) and
+    the time it entered the ring. In real time, a frame's capture time is the source's
+    timestamp. Offline, a file is read faster than it plays, so the source's timestamps (anchor
+    + container time) run ahead of the clock; there the capture time is the moment the decoded
+    frame entered the ring, which keeps capture-to-publish latencies meaningful.
+    """
 
     def __init__(self, capacity_frames: int, blocking: bool) -> None:
         if capacity_frames < 1:
@@ -55,6 +63,7 @@ class VideoRing:
         self._slots: np.ndarray | None = None  # (capacity, H, W, 3) uint8
         self._seq = np.zeros(capacity_frames, dtype=np.int64)
         self._t_ns = np.zeros(capacity_frames, dtype=np.int64)
+        self._t_entry_ns = np.zeros(capacity_frames, dtype=np.int64)
         self._pts_s = np.full(capacity_frames, np.nan)
         self._decode_ns = np.zeros(capacity_frames, dtype=np.int64)
         self._written = 0  # frames written in total
@@ -89,6 +98,7 @@ class VideoRing:
             np.copyto(self._slots[slot], image_bgr)
             self._seq[slot] = seq
             self._t_ns[slot] = t_capture_ns
+            self._t_entry_ns[slot] = now_ns()
             self._pts_s[slot] = np.nan if pts_s is None else pts_s
             self._decode_ns[slot] = decode_ns
             self._written += 1
@@ -143,7 +153,8 @@ class VideoRing:
             pts = float(self._pts_s[slot])
             frame = VideoFrame(
                 seq=int(self._seq[slot]),
-                t_capture_ns=int(self._t_ns[slot]),
+                t_capture_ns=int(self._t_entry_ns[slot] if self.blocking else self._t_ns[slot]),
+                t_media_ns=int(self._t_ns[slot]),
                 pts_s=None if np.isnan(pts) else pts,
                 decode_ns=int(self._decode_ns[slot]),
                 image_bgr=self._slots[slot].copy(),

@@ -54,7 +54,7 @@ def test_file_source_frames_timestamps_and_audio(path):
     expected_pts = _video_pts(path)
     assert len(frames) == len(expected_pts)
     assert [f.seq for f in frames] == list(range(len(frames)))
-    t_ns = np.array([f.t_capture_ns for f in frames])
+    t_ns = np.array([f.t_media_ns for f in frames])
     assert np.all(np.diff(t_ns) > 0)
     np.testing.assert_allclose((t_ns - anchor_ns) / 1e9, expected_pts, atol=1e-6)
     fps = (len(frames) - 1) / ((t_ns[-1] - t_ns[0]) / 1e9)
@@ -65,6 +65,8 @@ def test_file_source_frames_timestamps_and_audio(path):
     assert (rate_in, channels) == ((48_000, 2) if path == OBAMA else (44_100, 1))
     expected_samples = n_in * RATE / rate_in
     assert abs(ring.audio.written_samples - expected_samples) <= 32
+    # Offline, the capture time is when the frame entered the ring: never in the future.
+    assert all(f.t_capture_ns <= time.monotonic_ns() for f in frames)
     assert ring.audio.overwritten_samples == 0 and ring.video.dropped_frames == 0
 
 
@@ -74,7 +76,7 @@ def test_obama_is_twenty_seconds_of_25_fps():
     assert len(frames) == 500
     assert ring.audio.written_samples == pytest.approx(20.0 * RATE, abs=200)
     # The audio is speech, not silence: check its loudness at the window of the middle frame.
-    window = ring.audio.window_ending_at(frames[250].t_capture_ns, 16_000)
+    window = ring.audio.window_ending_at(frames[250].t_media_ns, 16_000)
     assert np.sqrt(np.mean(window.samples ** 2)) > 0.01
 
 

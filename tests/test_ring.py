@@ -4,6 +4,7 @@ and the causal audio window."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -149,3 +150,16 @@ def test_offline_audio_writer_can_run_far_ahead_of_a_late_video_start():
     producer.join(10)
     assert not producer.is_alive()
     np.testing.assert_array_equal(window.samples, signal[30_000 - 1024:30_000])
+
+
+def test_offline_capture_time_is_entry_time_and_media_time_is_kept():
+    ring = VideoRing(capacity_frames=2, blocking=True)
+    far_future_ns = time.monotonic_ns() + 10**12
+    ring.write(0, far_future_ns, _image(0), pts_s=1000.0)
+    frame = ring.read_next(timeout_s=0)
+    assert frame.t_media_ns == far_future_ns
+    assert frame.t_capture_ns <= time.monotonic_ns()
+    realtime = VideoRing(capacity_frames=2, blocking=False)
+    realtime.write(0, 12345, _image(0), pts_s=None)
+    frame = realtime.read_newest(timeout_s=0)
+    assert frame.t_capture_ns == frame.t_media_ns == 12345

@@ -25,7 +25,7 @@ def _stream_spectra(source, window_samples=1024):
     ends, spectra, pts = [], [], []
     try:
         while (frame := ring.video.read_next(timeout_s=10)) is not None:
-            window = ring.audio.window_ending_at(frame.t_capture_ns, window_samples, timeout_s=10)
+            window = ring.audio.window_ending_at(frame.t_media_ns, window_samples, timeout_s=10)
             ends.append(window.end_index)
             spectra.append(spectrum.step(window.samples))
             pts.append(frame.pts_s)
