@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,21 @@ def build_pipeline(config: LiveConfig) -> LivePipeline:
         send_hwm=pub.send_hwm,
         curve_secret_key_file=Path(pub.curve_secret_key_file) if pub.curve_secret_key_file else None,
     )
+    preview = _preview(config)
+    console_line = print_stats_line if preview is None and sys.stderr.isatty() else None
     return LivePipeline(config, build_sources(config), FaceFrontEnd(config.face), publisher,
-                        preview=_preview(config), control=_control(config))
+                        preview=preview, control=_control(config), on_stats=console_line)
+
+
+def print_stats_line(stats: dict) -> None:
+    """One line a second on a terminal when there is no preview window to look at."""
+    if stats["final"]:
+        return
+    latency = stats["latency_ms"]["capture_to_publish"]["p50"]
+    print(f"streamav: {stats['fps']:5.1f} fps  {stats['frames']:6d} frames  "
+          f"face {stats['faces_found']:6d}  dropped {stats['dropped_frames']}  "
+          f"capture→publish p50 {latency if latency is None else round(latency, 1)} ms",
+          file=sys.stderr, flush=True)
 
 
 def run_live(config_path: Path | None, overrides: dict[str, Any]) -> RunSummary:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -64,7 +64,8 @@ class LivePipeline:
     """One run of `streamav live`. Build it, call `run()` once."""
 
     def __init__(self, config: LiveConfig, sources: list[Source], face: FaceStage,
-                 publisher: PublisherLike, preview=None, control=None) -> None:
+                 publisher: PublisherLike, preview=None, control=None,
+                 on_stats: Callable[[dict], None] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.face = face
@@ -72,6 +73,7 @@ class LivePipeline:
         self.publisher = publisher
         self.preview = preview
         self.control = control
+        self.on_stats = on_stats  # called with every stats payload (e.g. a console line)
         self.stats = RunStats()
         self.has_audio = any(s.has_audio for s in sources)
         self.latest: FrameResult | None = None
@@ -145,9 +147,7 @@ class LivePipeline:
 
     def _finish(self) -> dict:
         self._publish_status("stopping", self._stop_reason)
-        final = self._stats_payload(final=True)
-        self.publisher.publish(protocol.TOPIC_STATS, final, now_ns())
-        return final
+        return self._send_stats(final=True)
 
     def _raise_errors(self) -> None:
         if self._worker_error is not None:
@@ -171,8 +171,7 @@ class LivePipeline:
         deadline_ns = None if run.duration_s is None else now_ns() + int(run.duration_s * NS_PER_S)
         while not self._stop.is_set():
             if self.stats.window_due(run.stats_interval_s):
-                self.publisher.publish(protocol.TOPIC_STATS, self._stats_payload(final=False),
-                                       now_ns())
+                self._send_stats(final=False)
             if deadline_ns is not None and now_ns() >= deadline_ns:
                 self.request_stop("duration reached")
                 break
@@ -223,6 +222,13 @@ class LivePipeline:
     def _publish_status(self, state: str, reason: str) -> None:
         payload = {"state": state, "reason": reason, "anchor": wall_anchor()}
         self.publisher.publish(protocol.TOPIC_STATUS, payload, now_ns())
+
+    def _send_stats(self, final: bool) -> dict:
+        payload = self._stats_payload(final)
+        self.publisher.publish(protocol.TOPIC_STATS, payload, now_ns())
+        if self.on_stats is not None:
+            self.on_stats(payload)
+        return payload
 
     def _stats_payload(self, final: bool) -> dict:
         counters = getattr(self.publisher, "dropped_queue_full", 0) + getattr(

@@ -151,7 +151,7 @@ def test_round_trip_with_raw_buffer_and_envelope(publisher: Publisher, endpoint:
         frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
         t_capture_ns = [now_ns() for _ in frames]
         for i, (frame, t_ns) in enumerate(zip(frames, t_capture_ns)):
-            assert publisher.publish("video.denoised", {"shape": [64, 64, 3], "frame_seq": i}, t_ns, [frame])
+            assert publisher.publish("video.denoised", {"width": 64, "height": 64, "format": "rgb24", "frame_seq": i}, t_ns, [frame])
             frame[:] = 0  # the caller may reuse its array at once: publish() copied it
             assert publisher.publish("emotion", {"label": "happy", "confidence": np.float32(0.9)}, t_ns)
 
@@ -164,7 +164,7 @@ def test_round_trip_with_raw_buffer_and_envelope(publisher: Publisher, endpoint:
         rng = np.random.default_rng(0)
         for i, message in enumerate(received["video.denoised"]):
             expected = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-            image = np.frombuffer(message.buffers[0], dtype=np.uint8).reshape(message.payload["shape"])
+            image = np.frombuffer(message.buffers[0], dtype=np.uint8).reshape(message.payload["height"], message.payload["width"], 3)
             assert np.array_equal(image, expected)
             assert message.payload["frame_seq"] == i
         for topic, messages in received.items():
