@@ -58,22 +58,22 @@ def live(
     audio: Optional[str] = typer.Option(None, help="Audio file (wav, flac, mp3, ...)."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Run on video alone."),
     demo: bool = typer.Option(False, "--demo", help="Run on the bundled CREMA-D clip."),
-    publish: Optional[str] = typer.Option(None, help="PUB endpoint [tcp://127.0.0.1:5555]."),
+    publish: Optional[str] = typer.Option(None, help="PUB endpoint (default tcp://127.0.0.1:5555)."),
     control: Optional[str] = typer.Option(
-        None, help="REQ/REP control endpoint [tcp://127.0.0.1:5556]; 'none' to disable."),
+        None, help="REQ/REP control endpoint (default tcp://127.0.0.1:5556); 'none' disables it."),
     curve_secret_key: Optional[Path] = typer.Option(
         None, help="CURVE secret key file (zmq.auth), required for a non-loopback --publish."),
     stream_id: Optional[str] = typer.Option(None, help="Stream id put in every message."),
     preview: Optional[bool] = typer.Option(
-        None, "--preview/--no-preview", help="Preview window [on when a display exists]."),
+        None, "--preview/--no-preview", help="Preview window (default: on when a display exists)."),
     realtime: Optional[bool] = typer.Option(
         None, "--realtime/--no-realtime",
         help="Real time (newest frame, drops counted) or every frame of a file, deterministic."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
-    width: Optional[int] = typer.Option(None, help="Camera frame width in px [640]."),
-    height: Optional[int] = typer.Option(None, help="Camera frame height in px [480]."),
-    fps: Optional[float] = typer.Option(None, help="Camera frame rate [30]."),
+    width: Optional[int] = typer.Option(None, help="Camera frame width in px (default 640)."),
+    height: Optional[int] = typer.Option(None, help="Camera frame height in px (default 480)."),
+    fps: Optional[float] = typer.Option(None, help="Camera frame rate (default 30)."),
     stats_json: Optional[Path] = typer.Option(None, help="Write the final stats here (JSON)."),
     config: Optional[Path] = typer.Option(None, help="TOML config (see docs/config.md)."),
 ) -> None:
