@@ -115,7 +115,11 @@ class LivePipeline:
             self.face.start()
             started.append(self.face)
             self._publish_status("started", f"sources: {', '.join(s.name for s in self.sources)}")
+            anchor_ns = now_ns()  # one clock origin for every source that replays media
+            self.stats.mark_start()
             for source in self.sources:
+                if getattr(source, "anchor_ns", 0) is None:
+                    source.anchor_ns = anchor_ns
                 source.start(self._ring)
                 started.append(source)
             worker = threading.Thread(target=self._work, name="streamav-worker", daemon=True)

@@ -47,7 +47,7 @@ def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | 
         canvas[8:136, x0:x0 + 128] = crop
     _draw_meter(canvas, x0, 150, audio_level_dbfs)
     lines = [f"{fps:5.1f} fps" if fps is not None else "-- fps",
-             f"{latency_ms:5.1f} ms" if latency_ms is not None else "-- ms", "q: quit"]
+             f"{latency_ms:5.1f} ms lat" if latency_ms is not None else "-- ms lat", "q: quit"]
     for i, text in enumerate(lines):
         cv2.putText(canvas, text, (x0, 200 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _WHITE, 1,
                     cv2.LINE_AA)

@@ -38,6 +38,11 @@ class RunStats:
         self._window_frames = 0
         self._recent_done_ns: deque[int] = deque(maxlen=30)
 
+    def mark_start(self) -> None:
+        """The sources start now: fps and elapsed time count from here, not from set-up."""
+        with self._lock:
+            self.t_start_ns = self._window_start_ns = now_ns()
+
     def recent_fps(self) -> float | None:
         """Frames per second over the last 30 frames (for the preview); None before two frames."""
         recent = tuple(self._recent_done_ns)

@@ -144,3 +144,31 @@ def _write_wav(path) -> None:
         out.setsampwidth(2)
         out.setframerate(RATE)
         out.writeframes(tone.tobytes())
+
+
+def test_url_source_over_http_on_loopback():
+    """A URL goes through the same PyAV path as a file: serve a real clip on 127.0.0.1."""
+    require_shared_data()
+    import functools
+    import http.server
+    import threading
+
+    clip = CREMA_D_CLIPS[0]
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{clip.name}"
+        source = MediaFileSource(url, realtime=False)
+        assert source.name == url
+        frames, ring = _drain(source)
+        assert len(frames) == len(_video_pts(clip))
+        n_in, rate_in, _ = _input_audio(clip)
+        assert abs(ring.audio.written_samples - n_in * RATE / rate_in) <= 32
+        with pytest.raises(InputError, match="cannot read"):
+            MediaFileSource(url + ".missing", realtime=False)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,22 +26,11 @@ from streamav.wire import protocol
 from streamav.wire.control import ControlServer, request
 from streamav.wire.protocol import SCHEMA_VERSION, Message, decode, encode
 from streamav.wire.publisher import Publisher
+from conftest import free_tcp_port
 from streamav.wire.subscriber import Subscriber, subscribe_to_jsonl
 
 SYNC = "sync"
 DEADLINE_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
@@ -129,7 +117,7 @@ def test_loopback_policy(endpoint: str, loopback: bool) -> None:
 
 
 def test_publish_drops_and_counts_when_the_queue_is_full() -> None:
-    pub = Publisher(f"tcp://127.0.0.1:{free_port()}", queue_size=4)  # not started: nothing drains
+    pub = Publisher(f"tcp://127.0.0.1:{free_tcp_port()}", queue_size=4)  # not started: nothing drains
     results = [pub.publish("emotion", {"i": i}, now_ns()) for i in range(6)]
     assert results == [True] * 4 + [False] * 2
     assert pub.dropped_queue_full == 2
@@ -274,7 +262,7 @@ def test_endpoint_in_use_is_a_clear_endpoint_error(publisher: Publisher, endpoin
 
 
 def test_non_loopback_bind_without_keys_is_refused() -> None:
-    for endpoint in (f"tcp://0.0.0.0:{free_port()}", f"tcp://*:{free_port()}"):
+    for endpoint in (f"tcp://0.0.0.0:{free_tcp_port()}", f"tcp://*:{free_tcp_port()}"):
         with pytest.raises(EndpointError, match="CURVE"):
             Publisher(endpoint).start()
         with pytest.raises(EndpointError, match="CURVE"):
@@ -340,7 +328,7 @@ def test_subscribe_to_jsonl_stops_when_nothing_arrives_for_timeout_s(endpoint: s
 
 @pytest.fixture
 def control() -> Iterator[ControlServer]:
-    server = ControlServer(f"tcp://127.0.0.1:{free_port()}")
+    server = ControlServer(f"tcp://127.0.0.1:{free_tcp_port()}")
     server.start()
     yield server
     server.stop()
@@ -396,6 +384,6 @@ def test_control_unknown_failing_and_malformed_requests(control: ControlServer) 
 
 
 def test_control_request_without_server_times_out_with_endpoint_error() -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     with pytest.raises(EndpointError, match="no reply"):
         request(endpoint, "ping", timeout_s=0.2)

@@ -8,9 +8,12 @@ on the consumer except where the sink itself applies back-pressure (offline mode
 
 from __future__ import annotations
 
-from typing import Protocol
+import threading
+from typing import Callable, Protocol
 
 import numpy as np
+
+from streamav.clock import NS_PER_S, now_ns
 
 MODEL_SAMPLE_RATE_HZ = 16_000
 
@@ -48,3 +51,43 @@ class Source(Protocol):
 
     def error(self) -> BaseException | None:
         """The fatal error that ended the source's thread, if any (re-raised by the pipeline)."""
+
+
+class StreamThreads:
+    """The threads of a source that produces one thread per stream ("video", "audio").
+
+    Each thread ends its stream on the sink however it exits; the first error it raises is kept
+    for `Source.error()` (after `translate`, which may turn library errors into StreamavErrors).
+    `sleep_until` paces real-time playback and returns early when the source is stopped.
+    """
+
+    def __init__(self, name: str,
+                 translate: Callable[[str, BaseException], BaseException] | None = None) -> None:
+        self.name = name
+        self.stopped = threading.Event()
+        self.error: BaseException | None = None
+        self._translate = translate
+        self._threads: list[threading.Thread] = []
+
+    def spawn(self, kind: str, target: Callable[[AVSink], None], sink: AVSink) -> None:
+        def run() -> None:
+            try:
+                target(sink)
+            except Exception as exc:  # kept for error(); the pipeline re-raises it
+                self.error = self._translate(kind, exc) if self._translate else exc
+            finally:
+                sink.end_of_stream(kind)
+
+        thread = threading.Thread(target=run, name=f"streamav-{self.name}-{kind}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def sleep_until(self, t_ns: int) -> None:
+        delay_ns = t_ns - now_ns()
+        if delay_ns > 0:
+            self.stopped.wait(delay_ns / NS_PER_S)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)

@@ -2,13 +2,13 @@
 
 Rules: `video` (file or URL) or `camera` (default: camera 0) gives the frames. Audio comes from
 `mic` if given, else from `audio` (a file), else from the video file's own track, else (camera)
-from the default microphone; `no_audio` turns it off. File sources share one clock anchor, so a
-video file and a separate audio file line up exactly.
+from the default microphone; `no_audio` turns it off. File sources get their clock anchor from
+the pipeline when it starts them (the same for all), so a video file and a separate audio file
+line up exactly.
 """
 
 from __future__ import annotations
 
-from streamav.clock import now_ns
 from streamav.config import LiveConfig
 from streamav.sources.base import Source
 from streamav.sources.camera import CameraSource
@@ -18,20 +18,19 @@ from streamav.sources.media_file import MediaFileSource
 def build_sources(config: LiveConfig) -> list[Source]:
     src = config.source
     realtime = config.run.realtime
-    anchor_ns = now_ns()
     sources: list[Source] = []
     audio_from_video = src.video is not None and not src.no_audio and src.mic is None \
         and src.audio is None
     if src.video is not None:
         sources.append(MediaFileSource(src.video, realtime=realtime, use_video=True,
-                                       use_audio=audio_from_video, anchor_ns=anchor_ns))
+                                       use_audio=audio_from_video))
     else:
         sources.append(CameraSource(src.camera if src.camera is not None else 0, config.camera))
     if src.no_audio or audio_from_video:
         return sources
     if src.audio is not None:
         sources.append(MediaFileSource(src.audio, realtime=realtime, use_video=False,
-                                       use_audio=True, anchor_ns=anchor_ns))
+                                       use_audio=True))
     else:
         from streamav.sources.microphone import MicrophoneSource  # PortAudio only when used
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from streamav.clock import NS_PER_S, now_ns
 from streamav.errors import InputError
-from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink
+from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, StreamThreads
 
 log = logging.getLogger(__name__)
 
@@ -75,46 +74,26 @@ class MediaFileSource:
             raise InputError("a media source needs video or audio")
         self.has_video = use_video
         self.has_audio = use_audio
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._error: BaseException | None = None
+        self._threads = StreamThreads("decode", translate=self._decode_error)
 
     def start(self, sink: AVSink) -> None:
         if self.anchor_ns is None:
             self.anchor_ns = now_ns()
-        targets = []
         if self.has_video:
-            targets.append(("video", self._run_video))
+            self._threads.spawn("video", self._run_video, sink)
         if self.has_audio:
-            targets.append(("audio", self._run_audio))
-        for kind, target in targets:
-            thread = threading.Thread(target=self._guarded, args=(kind, target, sink),
-                                      name=f"streamav-{kind}-decode", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+            self._threads.spawn("audio", self._run_audio, sink)
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5.0)
+        self._threads.stop()
 
     def error(self) -> BaseException | None:
-        return self._error
+        return self._threads.error
 
-    def _guarded(self, kind: str, target, sink: AVSink) -> None:
-        try:
-            target(sink)
-        except InputError as exc:
-            self._error = exc
-        except (av.FFmpegError, OSError) as exc:
-            self._error = InputError(f"error while decoding {kind} of {self.location}: {exc}")
-        finally:
-            sink.end_of_stream(kind)
-
-    def _sleep_until(self, t_ns: int) -> None:
-        delay_ns = t_ns - now_ns()
-        if delay_ns > 0:
-            self._stop.wait(delay_ns / NS_PER_S)
+    def _decode_error(self, kind: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, (av.FFmpegError, OSError)):
+            return InputError(f"error while decoding {kind} of {self.location}: {exc}")
+        return exc
 
     @staticmethod
     def _origin_s(container: av.container.InputContainer) -> float:
@@ -130,7 +109,7 @@ class MediaFileSource:
             frames = container.decode(stream)
             seq = 0
             last_pts_s = -1.0
-            while not self._stop.is_set():
+            while not self._threads.stopped.is_set():
                 t0 = time.perf_counter_ns()
                 frame = next(frames, None)
                 if frame is None:
@@ -142,7 +121,7 @@ class MediaFileSource:
                 last_pts_s = pts_s
                 t_capture_ns = self.anchor_ns + int(round(pts_s * NS_PER_S))
                 if self.realtime:
-                    self._sleep_until(t_capture_ns)
+                    self._threads.sleep_until(t_capture_ns)
                 sink.write_video(seq, t_capture_ns, image, pts_s, decode_ns)
                 seq += 1
 
@@ -156,7 +135,7 @@ class MediaFileSource:
             n_samples = 0
             seq = 0
             for frame in container.decode(stream):
-                if self._stop.is_set():
+                if self._threads.stopped.is_set():
                     return
                 if first_s is None:
                     first_s = (frame.time - origin_s) if frame.time is not None else 0.0
@@ -172,6 +151,6 @@ class MediaFileSource:
         t_capture_ns = self.anchor_ns + int(round(
             (first_s + n_samples / MODEL_SAMPLE_RATE_HZ) * NS_PER_S))
         if self.realtime:  # a device delivers a block once its last sample is in
-            self._sleep_until(t_capture_ns + samples.size * NS_PER_S // MODEL_SAMPLE_RATE_HZ)
+            self._threads.sleep_until(t_capture_ns + samples.size * NS_PER_S // MODEL_SAMPLE_RATE_HZ)
         sink.write_audio(seq, t_capture_ns, samples)
         return n_samples + samples.size, seq + 1

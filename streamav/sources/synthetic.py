@@ -8,14 +8,13 @@ function of the seed and of time, so tests can compare against the exact signal
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from streamav.clock import NS_PER_S, now_ns
-from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink
+from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, StreamThreads
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,7 @@ class SyntheticSource:
         self.name = "synthetic"
         self.has_video = config.video
         self.has_audio = config.audio
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads = StreamThreads("synthetic")
 
     @property
     def n_frames(self) -> int:
@@ -84,36 +82,24 @@ class SyntheticSource:
         if self.anchor_ns is None:
             self.anchor_ns = now_ns()
         if self.has_video:
-            self._spawn("video", self._run_video, sink)
+            self._threads.spawn("video", self._run_video, sink)
         if self.has_audio:
-            self._spawn("audio", self._run_audio, sink)
-
-    def _spawn(self, kind: str, target, sink: AVSink) -> None:
-        def run() -> None:
-            try:
-                target(sink)
-            finally:
-                sink.end_of_stream(kind)
-        thread = threading.Thread(target=run, name=f"streamav-synthetic-{kind}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
+            self._threads.spawn("audio", self._run_audio, sink)
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5.0)
+        self._threads.stop()
 
     def error(self) -> BaseException | None:
-        return None
+        return self._threads.error
 
     def _wait_until(self, t_ns: int) -> None:
-        if self.realtime and t_ns > now_ns():
-            self._stop.wait((t_ns - now_ns()) / NS_PER_S)
+        if self.realtime:
+            self._threads.sleep_until(t_ns)
 
     def _run_video(self, sink: AVSink) -> None:
         assert self.anchor_ns is not None
         for index in range(self.n_frames):
-            if self._stop.is_set():
+            if self._threads.stopped.is_set():
                 return
             t_ns = self.anchor_ns + int(round(index * NS_PER_S / self.config.fps))
             self._wait_until(t_ns)
@@ -124,7 +110,7 @@ class SyntheticSource:
         signal = self.audio_signal()
         block = self.config.audio_block_samples
         for seq, start in enumerate(range(0, signal.size, block)):
-            if self._stop.is_set():
+            if self._threads.stopped.is_set():
                 return
             samples = signal[start:start + block]
             t_ns = self.anchor_ns + start * NS_PER_S // MODEL_SAMPLE_RATE_HZ
