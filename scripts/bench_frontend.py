@@ -114,7 +114,7 @@ def main() -> int:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     table = Table(title=f"front end on {len(clips)} clips ({results['machine']['cpu']}, "
                         f"{results['machine']['cores']} cores)")
-    table.add_column("stage")
+    table.add_column("stage", no_wrap=True, min_width=18)
     for mode in results["modes"]:
         table.add_column(f"{mode} p50 ms", justify="right")
         table.add_column(f"{mode} p99 ms", justify="right")
