@@ -26,6 +26,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+from streamav.corpus.cli import corpus_app  # noqa: E402  (the sub-app; its work loads lazily)
+
+app.add_typer(corpus_app, name="corpus")
+
 DEMO_CLIP = "1001_DFA_HAP_XX.flv"
 
 
@@ -75,6 +79,9 @@ def live(
     height: Optional[int] = typer.Option(None, help="Camera frame height in px (default 480)."),
     fps: Optional[float] = typer.Option(None, help="Camera frame rate (default 30)."),
     stats_json: Optional[Path] = typer.Option(None, help="Write the final stats here (JSON)."),
+    save_features: Optional[Path] = typer.Option(
+        None, help="Write every frame's face crop and spectrum here (.npz), as the corpus cache "
+                   "stores them."),
     config: Optional[Path] = typer.Option(None, help="TOML config (see docs/config.md)."),
 ) -> None:
     """Capture, run the front ends and publish results until the input ends or you stop it."""
@@ -91,6 +98,7 @@ def live(
         "publish.control_endpoint": control,
         "run.preview": preview, "run.realtime": realtime, "run.max_frames": max_frames,
         "run.duration_s": duration, "run.stats_json": str(stats_json) if stats_json else None,
+        "run.save_features": str(save_features) if save_features else None,
     }
     from streamav.live import run_live
 

@@ -6,7 +6,8 @@
     [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode
     [spectrum] sample_rate_hz, window_samples, n_fft, hop_samples
     [publish]  endpoint, control_endpoint, stream_id, queue_size, send_hwm, curve_secret_key_file
-    [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json
+    [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
+               save_features
 
 `load_config(path, overrides)` reads the file (every key optional), applies the flags that were
 given (a dict of "section.key" → value, None meaning "not given") and validates the result.
@@ -64,6 +65,7 @@ class RunConfig:
     duration_s: float | None = None
     stats_interval_s: float = 1.0
     stats_json: str | None = None
+    save_features: str | None = None  # .npz of every frame's face crop and spectrum
 
 
 @dataclass(frozen=True)

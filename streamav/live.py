@@ -12,6 +12,7 @@ from typing import Any
 from streamav import __version__
 from streamav.config import LiveConfig, load_config
 from streamav.frontend.face import FaceFrontEnd
+from streamav.frontend.features import FeatureRecorder, save_features
 from streamav.pipeline import LivePipeline, RunSummary
 from streamav.preview import PreviewWindow, display_available
 from streamav.sources.factory import build_sources
@@ -40,7 +41,7 @@ def _control(config: LiveConfig) -> ControlServer | None:
     return ControlServer(endpoint, curve_secret_key_file=Path(key) if key else None)
 
 
-def build_pipeline(config: LiveConfig) -> LivePipeline:
+def build_pipeline(config: LiveConfig, on_frame=None) -> LivePipeline:
     pub = config.publish
     publisher = Publisher(
         endpoint=pub.endpoint, stream_id=pub.stream_id, queue_size=pub.queue_size,
@@ -50,7 +51,8 @@ def build_pipeline(config: LiveConfig) -> LivePipeline:
     preview = _preview(config)
     console_line = print_stats_line if preview is None and sys.stderr.isatty() else None
     return LivePipeline(config, build_sources(config), FaceFrontEnd(config.face), publisher,
-                        preview=preview, control=_control(config), on_stats=console_line)
+                        preview=preview, control=_control(config), on_stats=console_line,
+                        on_frame=on_frame)
 
 
 def print_stats_line(stats: dict) -> None:
@@ -66,7 +68,12 @@ def print_stats_line(stats: dict) -> None:
 
 def run_live(config_path: Path | None, overrides: dict[str, Any]) -> RunSummary:
     config = load_config(config_path, overrides)
-    summary = build_pipeline(config).run()
+    recorder = None
+    if config.run.save_features:
+        recorder = FeatureRecorder(config.face.crop_size_px, config.spectrum.n_bins)
+    summary = build_pipeline(config, on_frame=recorder).run()
+    if recorder is not None:
+        save_features(Path(config.run.save_features), recorder.features())
     if config.run.stats_json:
         write_stats_json(Path(config.run.stats_json), config, summary)
     return summary

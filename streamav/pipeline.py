@@ -44,6 +44,19 @@ class PublisherLike(Protocol):
     def stop(self, timeout_s: float = 2.0) -> None: ...
 
 
+class NullPublisher:
+    """Publishes nothing: for runs whose results are collected in-process (feature caches)."""
+
+    def start(self) -> None:
+        """Nothing to bind."""
+
+    def publish(self, topic: str, payload: dict, t_capture_ns: int, buffers=()) -> bool:
+        return True
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Nothing to close."""
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """What the worker made of one frame; the preview shows the newest one."""
@@ -65,7 +78,8 @@ class LivePipeline:
 
     def __init__(self, config: LiveConfig, sources: list[Source], face: FaceStage,
                  publisher: PublisherLike, preview=None, control=None,
-                 on_stats: Callable[[dict], None] | None = None) -> None:
+                 on_stats: Callable[[dict], None] | None = None,
+                 on_frame: Callable[[FrameResult], None] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.face = face
@@ -74,6 +88,7 @@ class LivePipeline:
         self.preview = preview
         self.control = control
         self.on_stats = on_stats  # called with every stats payload (e.g. a console line)
+        self.on_frame = on_frame  # called by the worker with every FrameResult, in order
         self.stats = RunStats()
         self.has_audio = any(s.has_audio for s in sources)
         self.latest: FrameResult | None = None
@@ -210,6 +225,8 @@ class LivePipeline:
         self.publisher.publish(protocol.TOPIC_FACE, face_payload(face, frame), frame.t_capture_ns)
         self.stats.frame_done(face.found, skew_ns)
         self.latest = FrameResult(frame, face, level, spectrum)
+        if self.on_frame is not None:
+            self.on_frame(self.latest)
 
     # -- messages --------------------------------------------------------------------------
 

@@ -1,0 +1,147 @@
+"""Per-frame front-end features of a whole clip, made by the live pipeline itself.
+
+Training and evaluation read exactly what `streamav live` computes: `extract_clip_features` runs
+the same `LivePipeline` offline (every frame, deterministic) with no publisher and collects each
+frame's aligned face crop and power spectrum. `streamav live --save-features PATH` writes the
+same arrays from a live run, and the corpus cache stores them, so there is no train/serve skew.
+
+Arrays (T frames):
+    face_crop_rgb  (T, 64, 64, 3) uint8   aligned crop, zeros where no face was found
+    face_found     (T,) bool
+    face_box_xywh  (T, 4) float32         source pixels, NaN where no face
+    landmarks_xy   (T, 5, 2) float32      source pixels, NaN where no face
+    spectrum       (T, 513) float32       power, zeros when the run has no audio
+    pts_s          (T,) float64           the frame's time in its file (NaN for live devices)
+    frame_seq      (T,) int64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamav.config import LiveConfig, load_config
+
+# Bump when the front end's output changes for the same input (caches made before are stale).
+FRONTEND_VERSION = 1
+
+FEATURE_KEYS = ("face_crop_rgb", "face_found", "face_box_xywh", "landmarks_xy", "spectrum",
+                "pts_s", "frame_seq")
+
+
+@dataclass(frozen=True)
+class ClipFeatures:
+    face_crop_rgb: np.ndarray
+    face_found: np.ndarray
+    face_box_xywh: np.ndarray
+    landmarks_xy: np.ndarray
+    spectrum: np.ndarray
+    pts_s: np.ndarray
+    frame_seq: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.face_found.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {key: getattr(self, key) for key in FEATURE_KEYS}
+
+
+class FeatureRecorder:
+    """Collects FrameResults (the pipeline's `on_frame` hook) into ClipFeatures."""
+
+    def __init__(self, crop_size_px: int = 64, n_bins: int = 513) -> None:
+        self.crop_size_px = crop_size_px
+        self.n_bins = n_bins
+        self._rows: list[tuple] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, result) -> None:
+        face, frame = result.face, result.frame
+        crop = face.crop_rgb if face.found and face.crop_rgb is not None else np.zeros(
+            (self.crop_size_px, self.crop_size_px, 3), np.uint8)
+        box = np.asarray(face.box_xywh, np.float32) if face.found else np.full(4, np.nan, np.float32)
+        marks = (np.asarray(face.landmarks_xy, np.float32) if face.found
+                 else np.full((5, 2), np.nan, np.float32))
+        spectrum = (result.spectrum if result.spectrum is not None
+                    else np.zeros(self.n_bins, np.float32))
+        pts = np.nan if frame.pts_s is None else frame.pts_s
+        with self._lock:
+            self._rows.append((np.array(crop), bool(face.found), box, marks, spectrum, pts,
+                               frame.seq))
+
+    def features(self) -> ClipFeatures:
+        with self._lock:
+            rows = list(self._rows)
+        if not rows:
+            raise ValueError("no frames were recorded")
+        crops, found, boxes, marks, spectra, pts, seqs = zip(*rows)
+        return ClipFeatures(
+            face_crop_rgb=np.stack(crops).astype(np.uint8),
+            face_found=np.array(found, bool),
+            face_box_xywh=np.stack(boxes).astype(np.float32),
+            landmarks_xy=np.stack(marks).astype(np.float32),
+            spectrum=np.stack(spectra).astype(np.float32),
+            pts_s=np.array(pts, np.float64),
+            frame_seq=np.array(seqs, np.int64),
+        )
+
+
+def save_features(path: Path, features: ClipFeatures) -> None:
+    """Write the arrays as an uncompressed .npz (atomic: a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as out:
+        np.savez(out, **features.arrays())
+    partial.replace(path)
+
+
+def load_features(path: Path) -> ClipFeatures:
+    with np.load(Path(path)) as data:
+        return ClipFeatures(**{key: data[key] for key in FEATURE_KEYS})
+
+
+def frontend_signature(config: LiveConfig) -> dict:
+    """What the features depend on besides the input: caches record it and compare it."""
+    import av
+    import cv2
+    import mediapipe
+
+    signature = {
+        "frontend_version": FRONTEND_VERSION,
+        "face": asdict(config.face),
+        "spectrum": asdict(config.spectrum),
+        "mediapipe": mediapipe.__version__,
+        "opencv": cv2.__version__,
+        "av": av.__version__,
+    }
+    signature["hash"] = hashlib.sha256(
+        json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
+    return signature
+
+
+def extract_clip_features(video: str | Path, *, audio: str | Path | None = None,
+                          no_audio: bool = False, config_path: Path | None = None,
+                          max_frames: int | None = None) -> ClipFeatures:
+    """Run the live pipeline offline over a clip and return its per-frame features."""
+    from streamav.frontend.face import FaceFrontEnd
+    from streamav.pipeline import LivePipeline, NullPublisher
+    from streamav.sources.factory import build_sources
+
+    config = load_config(config_path, {
+        "source.video": str(video), "source.audio": str(audio) if audio else None,
+        "source.no_audio": True if no_audio else None, "run.realtime": False,
+        "run.preview": False, "run.max_frames": max_frames,
+        "publish.control_endpoint": "none",
+    })
+    recorder = FeatureRecorder(config.face.crop_size_px, config.spectrum.n_bins)
+    pipeline = LivePipeline(config, build_sources(config), FaceFrontEnd(config.face),
+                            NullPublisher(), on_frame=recorder)
+    pipeline.run()
+    return recorder.features()
