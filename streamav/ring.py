@@ -44,7 +44,28 @@ class AudioWindow:
     skew_ns: int  # frame time minus the time of the window's end: > 0 when audio lags video
 
 
-class VideoRing:
+class _EndOfStream:
+    """Closing (drain, then end) and aborting (end now, wake everyone) a ring's condition."""
+
+    _cond: threading.Condition
+    _closed: bool
+    _aborted: bool
+
+    def close(self) -> None:
+        """No more data will come; readers drain what is left, then see the end."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        """Stop now: wake blocked writers and readers; later writes are ignored."""
+        with self._cond:
+            self._closed = True
+            self._aborted = True
+            self._cond.notify_all()
+
+
+class VideoRing(_EndOfStream):
     """A fixed number of frame slots, allocated on the first frame (whose size fixes the shape).
 
     Each frame keeps the source's timestamp (`t_media_ns`, which aligns it with the audio) and
@@ -114,19 +135,6 @@ class VideoRing:
             self._read = self._written
         self._slots = np.zeros((self.capacity_frames, *shape), dtype=np.uint8)
 
-    def close(self) -> None:
-        """No more frames will come; readers drain what is left, then get None."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def abort(self) -> None:
-        """Stop now: wake blocked writers and readers; later writes are ignored."""
-        with self._cond:
-            self._closed = True
-            self._aborted = True
-            self._cond.notify_all()
-
     @property
     def closed(self) -> bool:
         return self._closed
@@ -164,7 +172,7 @@ class VideoRing:
             return frame
 
 
-class AudioRing:
+class AudioRing(_EndOfStream):
     """The last `capacity_samples` samples, and the capture time of each written block."""
 
     _N_ANCHORS = 1024  # capture-time anchors kept (one per written block)
@@ -214,17 +222,6 @@ class AudioRing:
             self._anchor_t_ns[anchor] = t_capture_ns
             self._n_anchors += 1
             self._written += n
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def abort(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._aborted = True
             self._cond.notify_all()
 
     def _index_at(self, t_ns: int) -> int | None:

@@ -9,6 +9,7 @@ on the consumer except where the sink itself applies back-pressure (offline mode
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from typing import Callable, Protocol
 
 import numpy as np
@@ -91,3 +92,39 @@ class StreamThreads:
         self.stopped.set()
         for thread in self._threads:
             thread.join(timeout=timeout_s)
+
+
+class ReplayingSource(ABC):
+    """What file and synthetic sources share: a clock anchor and one thread per stream.
+
+    Subclasses set `has_video`, `has_audio`, `anchor_ns` (None: taken at start, or set by the
+    pipeline so that several sources share it) and `_threads`, and define `_run_video(sink)` and
+    `_run_audio(sink)`.
+    """
+
+    has_video: bool
+    has_audio: bool
+    anchor_ns: int | None
+    _threads: StreamThreads
+
+    def start(self, sink: AVSink) -> None:
+        if self.anchor_ns is None:
+            self.anchor_ns = now_ns()
+        if self.has_video:
+            self._threads.spawn("video", self._run_video, sink)
+        if self.has_audio:
+            self._threads.spawn("audio", self._run_audio, sink)
+
+    def stop(self) -> None:
+        self._threads.stop()
+
+    def error(self) -> BaseException | None:
+        return self._threads.error
+
+    @abstractmethod
+    def _run_video(self, sink: AVSink) -> None:
+        """Decode or make the video stream, writing each frame into `sink`."""
+
+    @abstractmethod
+    def _run_audio(self, sink: AVSink) -> None:
+        """Decode or make the audio stream, writing each block into `sink`."""

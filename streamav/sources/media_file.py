@@ -22,7 +22,7 @@ import numpy as np
 
 from streamav.clock import NS_PER_S, now_ns
 from streamav.errors import InputError
-from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, StreamThreads
+from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, ReplayingSource, StreamThreads
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _open_container(location: str) -> av.container.InputContainer:
         raise InputError(f"cannot read {location}: {reason}") from None
 
 
-class MediaFileSource:
+class MediaFileSource(ReplayingSource):
     """Video and/or audio from a media file or URL (PyAV)."""
 
     def __init__(self, location: str, *, realtime: bool, use_video: bool = True,
@@ -75,20 +75,6 @@ class MediaFileSource:
         self.has_video = use_video
         self.has_audio = use_audio
         self._threads = StreamThreads("decode", translate=self._decode_error)
-
-    def start(self, sink: AVSink) -> None:
-        if self.anchor_ns is None:
-            self.anchor_ns = now_ns()
-        if self.has_video:
-            self._threads.spawn("video", self._run_video, sink)
-        if self.has_audio:
-            self._threads.spawn("audio", self._run_audio, sink)
-
-    def stop(self) -> None:
-        self._threads.stop()
-
-    def error(self) -> BaseException | None:
-        return self._threads.error
 
     def _decode_error(self, kind: str, exc: BaseException) -> BaseException:
         if isinstance(exc, (av.FFmpegError, OSError)):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from streamav.clock import NS_PER_S, now_ns
-from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, StreamThreads
+from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, ReplayingSource, StreamThreads
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def syllable_envelope(t_s: np.ndarray) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2 * np.pi * 4.0 * t_s)
 
 
-class SyntheticSource:
+class SyntheticSource(ReplayingSource):
     """Generates `duration_s` of video and audio, in real time or as fast as the sink takes it."""
 
     def __init__(self, config: SyntheticConfig = SyntheticConfig(), *, realtime: bool = False,
@@ -77,20 +77,6 @@ class SyntheticSource:
                     (int(20 * scale), max(1, int((2 + 14 * opening) * scale))), 0, 0, 360,
                     (50, 40, 120), -1)
         return image
-
-    def start(self, sink: AVSink) -> None:
-        if self.anchor_ns is None:
-            self.anchor_ns = now_ns()
-        if self.has_video:
-            self._threads.spawn("video", self._run_video, sink)
-        if self.has_audio:
-            self._threads.spawn("audio", self._run_audio, sink)
-
-    def stop(self) -> None:
-        self._threads.stop()
-
-    def error(self) -> BaseException | None:
-        return self._threads.error
 
     def _wait_until(self, t_ns: int) -> None:
         if self.realtime:
