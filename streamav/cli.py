@@ -139,7 +139,7 @@ def devices() -> None:
 def main() -> None:
     """Entry point: run the app, turning StreamavError into one line and an exit code."""
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)  # a command's return value, or click's exit code
     except StreamavError as exc:
         print(f"streamav: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -157,5 +157,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
-    sys.exit(0)
+    sys.exit(result if isinstance(result, int) else 0)
 
