@@ -7,6 +7,7 @@ no traceback. Heavy modules are imported inside the commands so that `--help` st
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from importlib.resources import files
@@ -124,6 +125,26 @@ def subscribe(
 
     subscribe_to_jsonl(endpoint, tuple(topic) or ("",), count, sys.stdout, timeout_s=timeout,
                        buffers_base64=buffers_base64, curve_server_public_key_file=server_key)
+
+
+@app.command()
+def train(
+    stage: str = typer.Argument(..., help="vqvae-audio, vqvae-visual, mdvae or emotion."),
+    cache: Path = typer.Option(..., help="Feature cache (streamav corpus cache)."),
+    out: Path = typer.Option(..., help="Model folder: created, or updated stage by stage."),
+    preset: str = typer.Option("default", help="Model preset for a new folder: default, paper."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default per stage)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default per stage)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default per stage)."),
+    seed: int = typer.Option(0, help="Seed (batches and initialisation)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Train one stage of the model on a feature cache (resumes after a kill)."""
+    from streamav.train.stages import train_stage
+
+    summary = train_stage(stage, cache, out, preset=preset, steps=steps, batch_size=batch_size,
+                          learning_rate=lr, seed=seed, device=device)
+    typer.echo(json.dumps(summary))
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Training: the shared loop, the four stages, and the data they read."""

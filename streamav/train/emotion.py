@@ -1,0 +1,57 @@
+"""The `emotion` stage: fit the head on the causal w of the training clips, put it in the model.
+
+Every frame from `min_context_s` on (the filter has seen that much of the clip) is one example of
+its clip's emotion. The fit itself is `streamav.emotion.head.fit_emotion_head` (seconds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamav.corpus.labels import EMOTIONS
+from streamav.emotion.head import EmotionHead, fit_emotion_head
+from streamav.errors import InputError
+from streamav.model.streaming import StreamingModel
+from streamav.train.sequences import load_clips, run_clip
+
+
+def install_head(model: StreamingModel, head: EmotionHead) -> None:
+    """Load a fitted (weights, bias) head into the model's linear emotion layer."""
+    if tuple(head.labels) != tuple(model.labels):
+        raise InputError(f"head labels {head.labels} differ from the model's {model.labels}")
+    layer = model.emotion.net
+    if not isinstance(layer, torch.nn.Linear):
+        raise InputError("only a linear emotion head (hidden 0) can take a few-shot fit")
+    with torch.no_grad():
+        model.emotion.input_mean.zero_()
+        model.emotion.input_scale.fill_(1.0)
+        layer.weight.copy_(torch.from_numpy(head.weights))
+        layer.bias.copy_(torch.from_numpy(head.bias))
+
+
+def clip_w(model: StreamingModel, cache: Path, split: str, min_context_s: float = 1.0
+           ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(N, W) causal w means, (N,) emotion names, (N,) speakers of every usable frame."""
+    ws, labels, speakers = [], [], []
+    for clip in load_clips(cache, split):
+        w = run_clip(model, clip.spectrum, clip.face_crop_rgb).w_mean.numpy()
+        keep = np.arange(len(w)) >= int(min_context_s * clip.fps)
+        keep &= clip.face_found
+        ws.append(w[keep])
+        labels += [EMOTIONS[clip.emotion_index]] * int(keep.sum())
+        speakers += [clip.speaker] * int(keep.sum())
+    if not ws:
+        raise InputError(f"no usable clips in the {split} split of {cache}")
+    return np.concatenate(ws), np.array(labels), speakers
+
+
+def fit_model_emotion_head(model: StreamingModel, cache: Path) -> dict:
+    w, labels, _ = clip_w(model, cache, "train")
+    head = fit_emotion_head(w, labels, classes=tuple(model.labels))
+    install_head(model, head)
+    accuracy = float(np.mean(np.array(head.predict(w)) == labels))
+    return {"stage": "emotion", "examples": int(len(labels)),
+            "classes_seen": sorted(set(labels.tolist())), "train_accuracy": round(accuracy, 4)}

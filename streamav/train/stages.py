@@ -1,0 +1,205 @@
+"""The four training stages of `streamav train`, on a feature cache, into one model folder.
+
+    vqvae-audio   the audio VQ-VAE on single frames' power spectra (Itakura-Saito)
+    vqvae-visual  the visual VQ-VAE on single frames' face crops (squared error)
+    mdvae         the MDVAE on 1 s windows of the frozen encoders' features; the visual input is
+                  corrupted (DENOISE_CORRUPTIONS) on half the windows while the target stays
+                  clean, so that it learns to denoise
+    emotion       the emotion head on the causal w of the training clips (logistic regression)
+
+Each stage reads the model folder `--out` if it exists (the earlier stages' weights), trains its
+part, and writes the folder back (safetensors + config.json). Training state for resume lives in
+`OUT/train/STAGE/` (checkpoint, progress, loss.png).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamav.corpus.dataset import CacheWindowDataset, face_to_model
+from streamav.errors import InputError
+from streamav.frontend.corruption import parse_corruption
+from streamav.model.config import preset as model_preset
+from streamav.model.io import load_model, save_model
+from streamav.model.mdvae import mdvae_loss
+from streamav.model.streaming import StreamingModel
+from streamav.train.loop import LoopConfig, run_loop
+
+STAGES = ("vqvae-audio", "vqvae-visual", "mdvae", "emotion")
+DENOISE_CORRUPTIONS = ("gaussian:0.1", "gaussian:0.2", "occlude_mouth", "occlude_eyes",
+                       "lowlight", "blur", "jpeg:20")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    window_frames: int = 1
+
+
+DEFAULTS = {
+    "vqvae-audio": StageSettings(steps=1500, batch_size=64, learning_rate=1e-3),
+    "vqvae-visual": StageSettings(steps=2000, batch_size=32, learning_rate=1e-3),
+    "mdvae": StageSettings(steps=1500, batch_size=8, learning_rate=5e-4, window_frames=30),
+}
+
+
+def open_model(folder: Path, preset: str) -> StreamingModel:
+    """The model folder's model, or a fresh one of `preset` when the folder has none yet."""
+    if (folder / "config.json").is_file():
+        return load_model(folder)
+    try:
+        return StreamingModel(model_preset(preset)).eval()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+class _Batches:
+    """Seeded random batches of windows: batch `step` is the same whatever ran before."""
+
+    def __init__(self, dataset: CacheWindowDataset, batch_size: int, seed: int,
+                 device: str) -> None:
+        if len(dataset) == 0:
+            raise InputError("the cache's training split has no usable windows")
+        self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        items = [self.dataset[int(i)] for i in rng.integers(len(self.dataset), size=self.batch_size)]
+        return {key: torch.stack([item[key] for item in items]).to(self.device)
+                for key in ("spectrum", "face")}
+
+
+class _FeatureWindows:
+    """The MDVAE's training data: every training window encoded once by the frozen encoders.
+
+    Stage 2 never changes the encoders, so each window's audio features, clean visual features
+    and the visual features of a corrupted copy (one seeded corruption, on half the windows) are
+    computed once and kept as float16; a batch is then a gather, not 3 encoder passes.
+    """
+
+    def __init__(self, model: StreamingModel, dataset: CacheWindowDataset, batch_size: int,
+                 seed: int, device: str) -> None:
+        from rich.progress import track
+
+        if len(dataset) == 0:
+            raise InputError("the cache's training split has no usable windows")
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        rng = np.random.default_rng(seed + 1)
+        columns: dict[str, list[torch.Tensor]] = {
+            "x_a": [], "x_v_clean": [], "x_v_input": [], "audio_target": []}
+        model.audio.eval()
+        model.visual.eval()
+        with torch.no_grad():
+            for i in track(range(len(dataset)), description="encoding windows"):
+                item = dataset[i]
+                spectrum, face = item["spectrum"].to(device), item["face"]
+                columns["x_a"].append(model.audio.encode(spectrum))
+                columns["audio_target"].append(model.audio.normalized_target(spectrum))
+                columns["x_v_clean"].append(model.visual.encode(face.to(device)))
+                noisy = _corrupt_faces(face[None], rng)[0].to(device)
+                columns["x_v_input"].append(model.visual.encode(noisy))
+        # Features as float16 (half the memory); the IS target keeps float32 (wide range).
+        self.bank = {k: torch.stack(v).to(torch.float32 if k == "audio_target" else torch.float16)
+                     for k, v in columns.items()}
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        index = torch.from_numpy(rng.integers(len(self.bank["x_a"]), size=self.batch_size))
+        return {k: v[index].to(self.device, torch.float32) for k, v in self.bank.items()}
+
+
+def _corrupt_faces(faces: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """(B, T, 3, 64, 64) in -0.5..0.5 → the same with one random corruption per window on half."""
+    crops = np.moveaxis(((faces.numpy() + 0.5) * 255.0 + 0.5).clip(0, 255).astype(np.uint8), -3, -1)
+    out = crops.copy()
+    for b in range(crops.shape[0]):
+        if rng.random() < 0.5:
+            out[b] = parse_corruption(rng.choice(DENOISE_CORRUPTIONS)).apply(crops[b], rng)
+    return torch.from_numpy(face_to_model(out))
+
+
+def train_stage(stage: str, cache: Path, out: Path, *, preset: str = "default",
+                steps: int | None = None, batch_size: int | None = None,
+                learning_rate: float | None = None, seed: int = 0, device: str = "cpu") -> dict:
+    """Run one stage on `device` ("cpu" or "cuda"); returns a summary (steps, seconds, losses)."""
+    if stage not in STAGES:
+        raise InputError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    torch.manual_seed(seed)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available to PyTorch here")
+    model = open_model(out, preset)
+    if stage == "emotion":
+        from streamav.train.emotion import fit_model_emotion_head
+
+        summary = fit_model_emotion_head(model, cache)
+    else:
+        model.to(device)
+        summary = _train_network(stage, model, cache, out, steps, batch_size, learning_rate, seed,
+                                 device)
+        model.to("cpu")
+    save_model(model, out, extra=_training_notes(out, stage, summary))
+    return summary
+
+
+def _train_network(stage: str, model: StreamingModel, cache: Path, out: Path,
+                   steps: int | None, batch_size: int | None, learning_rate: float | None,
+                   seed: int, device: str) -> dict:
+    defaults = DEFAULTS[stage]
+    settings = StageSettings(steps or defaults.steps, batch_size or defaults.batch_size,
+                             learning_rate or defaults.learning_rate, defaults.window_frames)
+    dataset = CacheWindowDataset(cache, "train", window_frames=settings.window_frames,
+                                 stride_frames=max(1, settings.window_frames // 2),
+                                 require_face=True)
+    batches = _Batches(dataset, settings.batch_size, seed, device)
+    if stage == "vqvae-audio":
+        part = model.audio
+
+        def loss(batch):
+            result = part(batch["spectrum"].reshape(-1, batch["spectrum"].shape[-1]))
+            return result.loss, {"is": result.is_loss.item(),
+                                 "perplexity": result.vq.perplexity.item()}
+    elif stage == "vqvae-visual":
+        part = model.visual
+
+        def loss(batch):
+            result = part(batch["face"].reshape(-1, *batch["face"].shape[-3:]))
+            return result.loss, {"mse": result.mse.item(), "perplexity": result.vq.perplexity.item()}
+    else:
+        part = model.mdvae
+        batches = _FeatureWindows(model, dataset, settings.batch_size, seed, device)
+
+        def loss(batch):
+            result = part(batch["x_a"], batch["x_v_input"])
+            log_power_hat = model.audio.decode_log(result.x_a_hat)
+            terms = mdvae_loss(result, batch["x_v_clean"], batch["audio_target"], log_power_hat)
+            return terms.total, {k: v.item() for k, v in terms._asdict().items() if k != "total"}
+    loop = LoopConfig(steps=settings.steps, learning_rate=settings.learning_rate, seed=seed,
+                      checkpoint_every=max(10, settings.steps // 20))
+    result = run_loop(stage, out / "train" / stage, part, list(part.parameters()), batches, loss,
+                      loop)
+    part.eval()
+    final = {key: values[-1] for key, values in result.history.items() if values}
+    return {"stage": stage, "steps": result.steps_done, "resumed_from": result.resumed_from,
+            "seconds": round(result.seconds, 1), "batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate, "train_windows": len(dataset),
+            "final": final}
+
+
+def _training_notes(out: Path, stage: str, summary: dict) -> dict:
+    """What config.json's "extra" says about how the folder's weights were trained."""
+    notes: dict = {}
+    config = out / "config.json"
+    if config.is_file():
+        import json
+
+        notes = json.loads(config.read_text()).get("extra", {})
+    notes.setdefault("training", {})[stage] = {**summary, "finished": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return notes
