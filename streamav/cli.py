@@ -83,9 +83,14 @@ def live(
     save_features: Optional[Path] = typer.Option(
         None, help="Write every frame's face crop and spectrum here (.npz), as the corpus cache "
                    "stores them."),
+    model: Optional[Path] = typer.Option(
+        None, help="Model folder (streamav train); default: the model shipped in the package."),
+    no_model: bool = typer.Option(False, "--no-model", help="Front end only, no MDVAE."),
+    noise: Optional[str] = typer.Option(
+        None, help="Corrupt the face before the model, e.g. gaussian:0.2, occlude_mouth."),
     config: Optional[Path] = typer.Option(None, help="TOML config (see docs/config.md)."),
 ) -> None:
-    """Capture, run the front ends and publish results until the input ends or you stop it."""
+    """Capture, run the front ends and the model, publish results until the input ends."""
     if demo:
         if video is not None or camera is not None:
             raise InputError("--demo plays the bundled clip: leave out --video and --camera")
@@ -100,6 +105,8 @@ def live(
         "run.preview": preview, "run.realtime": realtime, "run.max_frames": max_frames,
         "run.duration_s": duration, "run.stats_json": str(stats_json) if stats_json else None,
         "run.save_features": str(save_features) if save_features else None,
+        "model.folder": str(model) if model else None, "model.noise": noise,
+        "model.enabled": False if no_model else None,
     }
     from streamav.live import run_live
 

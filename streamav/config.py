@@ -6,6 +6,7 @@
     [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode
     [spectrum] sample_rate_hz, window_samples, n_fft, hop_samples
     [publish]  endpoint, control_endpoint, stream_id, queue_size, send_hwm, curve_secret_key_file
+    [model]    enabled, folder, noise
     [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
                save_features
 
@@ -58,6 +59,13 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
+class ModelSectionConfig:
+    enabled: bool = True
+    folder: str | None = None  # None: the model shipped in the package, if there is one
+    noise: str | None = None  # corrupt the face crop before the model (see frontend/corruption)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     realtime: bool = True
     preview: bool | None = None  # None: on when a display exists
@@ -76,6 +84,7 @@ class LiveConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    model: ModelSectionConfig = field(default_factory=ModelSectionConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

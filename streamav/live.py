@@ -11,7 +11,9 @@ from typing import Any
 
 from streamav import __version__
 from streamav.config import LiveConfig, load_config
+from streamav.frontend.corruption import parse_corruption
 from streamav.frontend.face import FaceFrontEnd
+from streamav.model_stage import ModelStage, default_model_folder
 from streamav.frontend.features import FeatureRecorder, save_features
 from streamav.pipeline import LivePipeline, RunSummary
 from streamav.preview import PreviewWindow, display_available
@@ -41,6 +43,21 @@ def _control(config: LiveConfig) -> ControlServer | None:
     return ControlServer(endpoint, curve_secret_key_file=Path(key) if key else None)
 
 
+def _model(config: LiveConfig) -> ModelStage | None:
+    section = config.model
+    noise = parse_corruption(section.noise) if section.noise else None
+    if not section.enabled:
+        return None
+    if section.folder is not None:
+        return ModelStage(Path(section.folder), noise=noise)
+    folder = default_model_folder()
+    if not (folder / "config.json").is_file():
+        log.warning("no model shipped with this install: front end only (train one with "
+                    "`streamav train` and pass --model DIR)")
+        return None
+    return ModelStage(folder, noise=noise)
+
+
 def build_pipeline(config: LiveConfig, on_frame=None) -> LivePipeline:
     pub = config.publish
     publisher = Publisher(
@@ -51,7 +68,8 @@ def build_pipeline(config: LiveConfig, on_frame=None) -> LivePipeline:
     preview = _preview(config)
     console_line = print_stats_line if preview is None and sys.stderr.isatty() else None
     return LivePipeline(config, build_sources(config), FaceFrontEnd(config.face), publisher,
-                        preview=preview, control=_control(config), on_stats=console_line,
+                        preview=preview, control=_control(config), model=_model(config),
+                        on_stats=console_line,
                         on_frame=on_frame)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from streamav.clock import NS_PER_S, now_ns, wall_anchor
 from streamav.config import LiveConfig
 from streamav.frontend.face import FaceResult
+from streamav.model_stage import ModelMessages
 from streamav.frontend.spectrum import CausalPowerSpectrum
 from streamav.ring import AVRing, VideoFrame
 from streamav.run_stats import RunStats
@@ -65,6 +66,7 @@ class FrameResult:
     face: FaceResult
     audio_level_dbfs: float | None
     spectrum: np.ndarray | None  # (513,) float32 power, None without audio
+    model: ModelMessages | None = None  # the MDVAE's results, when a model ran on this frame
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class LivePipeline:
     """One run of `streamav live`. Build it, call `run()` once."""
 
     def __init__(self, config: LiveConfig, sources: list[Source], face: FaceStage,
-                 publisher: PublisherLike, preview=None, control=None,
+                 publisher: PublisherLike, preview=None, control=None, model=None,
                  on_stats: Callable[[dict], None] | None = None,
                  on_frame: Callable[[FrameResult], None] | None = None) -> None:
         self.config = config
@@ -87,6 +89,7 @@ class LivePipeline:
         self.publisher = publisher
         self.preview = preview
         self.control = control
+        self.model = model  # ModelStage or None (front end only)
         self.on_stats = on_stats  # called with every stats payload (e.g. a console line)
         self.on_frame = on_frame  # called by the worker with every FrameResult, in order
         self.stats = RunStats()
@@ -129,6 +132,9 @@ class LivePipeline:
                 started.append(self.control)
             self.face.start()
             started.append(self.face)
+            if self.model is not None:
+                self.model.start()
+                started.append(self.model)
             self._publish_status("started", f"sources: {', '.join(s.name for s in self.sources)}")
             anchor_ns = now_ns()  # one clock origin for every source that replays media
             self.stats.mark_start()
@@ -223,8 +229,15 @@ class LivePipeline:
         face = self.face.step(frame.image_bgr)
         record("face", now_ns() - t0)
         self.publisher.publish(protocol.TOPIC_FACE, face_payload(face, frame), frame.t_capture_ns)
+        messages = None
+        if self.model is not None and face.found:
+            t0 = now_ns()
+            messages = self.model.step(face.crop_rgb, spectrum, frame.seq)
+            record("model", now_ns() - t0)
+            if messages is not None:
+                self._publish_model(messages, frame.t_capture_ns)
         self.stats.frame_done(face.found, skew_ns)
-        self.latest = FrameResult(frame, face, level, spectrum)
+        self.latest = FrameResult(frame, face, level, spectrum, messages)
         if self.on_frame is not None:
             self.on_frame(self.latest)
 
@@ -235,6 +248,15 @@ class LivePipeline:
         self.stats.latency.record_ns("publish", t_sent_ns - t_enqueue_ns)
         if topic == protocol.TOPIC_FACE:
             self.stats.latency.record_ns("capture_to_publish", t_sent_ns - t_capture_ns)
+
+    def _publish_model(self, messages: ModelMessages, t_capture_ns: int) -> None:
+        publish = self.publisher.publish
+        publish(protocol.TOPIC_EMOTION, messages.emotion, t_capture_ns)
+        if messages.change is not None:
+            publish(protocol.TOPIC_EMOTION_CHANGE, messages.change, t_capture_ns)
+        publish(protocol.TOPIC_VIDEO_DENOISED, messages.denoised, t_capture_ns,
+                [messages.denoised_rgb])
+        publish(protocol.TOPIC_LATENT, messages.latent, t_capture_ns)
 
     def _on_source_status(self, state: str, reason: str) -> None:
         log.warning("%s: %s", state.replace("_", " "), reason)
@@ -256,6 +278,7 @@ class LivePipeline:
             self.publisher, "dropped_send", 0)
         return self.stats.payload(
             final=final,
+            nonfinite_frames=0 if self.model is None else self.model.nonfinite_frames,
             dropped_frames=self._ring.video.dropped_frames,
             audio_overflows=self._ring.audio_overflows,
             audio_samples_lost=self._ring.audio.overwritten_samples,

@@ -17,7 +17,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_PANEL_PX = 160  # width of the side panel: the crop scaled 2x, the meter, the numbers
+_PANEL_PX = 160  # width of the side panel: the crop and the denoised face 2x, meter, numbers
+_PANEL_HEIGHT_PX = 400
 _GREEN = (80, 220, 80)
 _WHITE = (235, 235, 235)
 
@@ -32,24 +33,27 @@ def display_available() -> tuple[bool, str]:
 
 def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | None = None,
                    audio_level_dbfs: float | None = None, fps: float | None = None,
-                   latency_ms: float | None = None) -> np.ndarray:
-    """The preview image: the frame with the face box, and a side panel. Returns BGR uint8."""
-    height = max(image_bgr.shape[0], 2 * 64 + 140)
+                   latency_ms: float | None = None, denoised_rgb: np.ndarray | None = None,
+                   emotion: str | None = None) -> np.ndarray:
+    """The preview image: the frame with the face box, and a side panel (the crop the model
+    sees, the model's denoised face, the audio meter, emotion, fps, latency). BGR uint8."""
+    height = max(image_bgr.shape[0], _PANEL_HEIGHT_PX)
     canvas = np.zeros((height, image_bgr.shape[1] + _PANEL_PX, 3), np.uint8)
     canvas[:image_bgr.shape[0], :image_bgr.shape[1]] = image_bgr
     if box_xywh is not None:
         x, y, w, h = (int(round(v)) for v in box_xywh)
         cv2.rectangle(canvas, (x, y), (x + w, y + h), _GREEN, 2)
     x0 = image_bgr.shape[1] + 16
-    if crop_rgb is not None:
-        crop = cv2.resize(cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR), (128, 128),
-                          interpolation=cv2.INTER_NEAREST)
-        canvas[8:136, x0:x0 + 128] = crop
-    _draw_meter(canvas, x0, 150, audio_level_dbfs)
-    lines = [f"{fps:5.1f} fps" if fps is not None else "-- fps",
+    for top, face in ((8, crop_rgb), (144, denoised_rgb)):
+        if face is not None:
+            canvas[top:top + 128, x0:x0 + 128] = cv2.resize(
+                cv2.cvtColor(face, cv2.COLOR_RGB2BGR), (128, 128), interpolation=cv2.INTER_NEAREST)
+    _draw_meter(canvas, x0, 282, audio_level_dbfs)
+    lines = [emotion or "",
+             f"{fps:5.1f} fps" if fps is not None else "-- fps",
              f"{latency_ms:5.1f} ms lat" if latency_ms is not None else "-- ms lat", "q: quit"]
     for i, text in enumerate(lines):
-        cv2.putText(canvas, text, (x0, 200 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _WHITE, 1,
+        cv2.putText(canvas, text, (x0, 320 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _WHITE, 1,
                     cv2.LINE_AA)
     return canvas
 
@@ -79,10 +83,15 @@ class PreviewWindow:
                 if latest is not None and latest.frame.seq != shown_seq:
                     shown_seq = latest.frame.seq
                     stats = pipeline.stats.latency.total["capture_to_publish"]
-                    image = render_preview(latest.frame.image_bgr, latest.face.box_xywh,
-                                           latest.face.crop_rgb, latest.audio_level_dbfs,
-                                           pipeline.stats.recent_fps(),
-                                           stats.percentile_ms(50))
+                    model = latest.model
+                    image = render_preview(
+                        latest.frame.image_bgr, latest.face.box_xywh,
+                        model.noisy_rgb if model is not None else latest.face.crop_rgb,
+                        latest.audio_level_dbfs, pipeline.stats.recent_fps(),
+                        stats.percentile_ms(50),
+                        denoised_rgb=None if model is None else model.denoised_rgb,
+                        emotion=None if model is None else
+                        f"{model.emotion['top']} {model.emotion['confidence']:.2f}")
                     cv2.imshow(self.title, image)
                 key = cv2.waitKey(15) & 0xFF
                 if key in (ord("q"), 27):

@@ -8,6 +8,7 @@ message). Stages:
 - queue: capture time to the worker taking the frame from the ring
 - face: the face front end (MediaPipe landmarks and the aligned crop)
 - spectrum: the causal power spectrum of the frame's audio window
+- model: the MDVAE step (encoders, one causal step, decoders, emotion head), frames with a face
 - publish: the publisher's queue to the socket (enqueue to sent)
 - capture_to_publish: the frame's capture time to its `face` message leaving the socket
 """
@@ -20,7 +21,7 @@ from collections import deque
 from streamav.clock import NS_PER_S, now_ns
 from streamav.latency import LatencyHistogram, StageLatencies
 
-STAGES = ("decode", "queue", "face", "spectrum", "publish", "capture_to_publish")
+STAGES = ("decode", "queue", "face", "spectrum", "model", "publish", "capture_to_publish")
 
 
 class RunStats:
@@ -64,6 +65,7 @@ class RunStats:
         return now_ns() - self._window_start_ns >= interval_s * NS_PER_S
 
     def payload(self, *, final: bool, dropped_frames: int, audio_overflows: int,
+                nonfinite_frames: int,
                 audio_samples_lost: int, publish_dropped: int) -> dict:
         """The `stats` message: this window's numbers, or the whole run's when `final`."""
         t_now = now_ns()
@@ -88,6 +90,7 @@ class RunStats:
             "audio_overflows": audio_overflows,
             "audio_samples_lost": audio_samples_lost,
             "publish_dropped": publish_dropped,
+            "nonfinite_frames": nonfinite_frames,
             "av_skew_ms": skew.percentile_ms(50),
             "av_skew_p99_ms": skew.percentile_ms(99),
             "latency_ms": latency,

@@ -61,13 +61,16 @@ def test_render_preview_draws_frame_box_crop_and_meter():
     frame = np.full((240, 320, 3), 50, np.uint8)
     crop = np.zeros((64, 64, 3), np.uint8)
     crop[..., 0] = 255  # pure red in RGB
+    denoised = np.zeros((64, 64, 3), np.uint8)
+    denoised[..., 2] = 255  # pure blue in RGB
     image = render_preview(frame, (100, 60, 80, 100), crop, audio_level_dbfs=-20.0, fps=29.9,
-                           latency_ms=12.5)
-    assert image.shape == (max(240, 268), 320 + 160, 3)
+                           latency_ms=12.5, denoised_rgb=denoised, emotion="happy 0.91")
+    assert image.shape == (400, 320 + 160, 3)
     assert tuple(image[60, 140]) == (80, 220, 80)  # box edge, green
     assert tuple(image[120, 200]) == (50, 50, 50)  # inside the box: the frame untouched
     assert tuple(image[50, 320 + 16 + 60]) == (0, 0, 255)  # the crop, now BGR red
-    meter = image[157, 320 + 16:320 + 16 + 128]
+    assert tuple(image[200, 320 + 16 + 60]) == (255, 0, 0)  # the denoised face, BGR blue
+    meter = image[289, 320 + 16:320 + 16 + 128]
     filled = int((meter == (80, 220, 80)).all(axis=1).sum())
     assert 80 <= filled <= 90  # -20 dBFS fills 2/3 of the -60..0 scale
     silent = render_preview(frame, None, None, audio_level_dbfs=None)

@@ -126,9 +126,9 @@ def run_loop(name: str, folder: Path, module: nn.Module, parameters: list[nn.Par
             if on_step is not None:
                 on_step(step)
             if step % config.log_every == 0 or step == config.steps - 1:
-                for key, value in {"loss": float(total), **parts}.items():
+                for key, value in {"loss": total.item(), **parts}.items():
                     history.setdefault(key, []).append(float(value))
-                bar.update(task, loss=f"loss {float(total):.4g}")
+                bar.update(task, loss=f"loss {total.item():.4g}")
             bar.update(task, completed=step + 1)
             done = step + 1
             if done % config.checkpoint_every == 0 or done == config.steps:

@@ -1,0 +1,93 @@
+"""`streamav live` with a model: a run on a real CREMA-D clip publishes every model topic, and a
+bad model folder or noise spec is one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import CREMA_D_CLIPS, cli_env, require_shared_data, streamav_command
+
+torch = pytest.importorskip("torch")
+
+MODEL_TOPICS = ("emotion", "emotion.change", "video.denoised", "latent")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A default-preset model with its initial weights: publishing is the point here, not skill."""
+    from streamav.model.config import preset
+    from streamav.model.io import save_model
+    from streamav.model.streaming import StreamingModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(StreamingModel(preset("default")), folder)
+    return folder
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*streamav_command(), "live", *args], capture_output=True, text=True,
+                          env=cli_env(), timeout=180, stdin=subprocess.DEVNULL)
+
+
+def test_live_publishes_every_model_topic(model_folder, endpoint):
+    require_shared_data()
+    from streamav.wire.protocol import decode
+
+    context = zmq.Context.instance()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    sub.connect(endpoint)
+    try:
+        result = _run("--video", str(CREMA_D_CLIPS[0]), "--no-preview", "--no-realtime",
+                      "--model", str(model_folder), "--noise", "occlude_mouth",
+                      "--publish", endpoint, "--control", "none")
+        assert result.returncode == 0, result.stderr
+        messages = []
+        while sub.poll(1500):
+            messages.append(decode(sub.recv_multipart()))
+    finally:
+        sub.close(linger=0)
+    by_topic: dict[str, list] = {}
+    for message in messages:
+        by_topic.setdefault(message.topic, []).append(message)
+    assert set(MODEL_TOPICS) <= set(by_topic), sorted(by_topic)
+    n_faces = sum(m.payload["found"] for m in by_topic["face"])
+    assert len(by_topic["emotion"]) >= n_faces - 5  # one per frame with a face
+    emotion = by_topic["emotion"][-1].payload
+    assert len(emotion["labels"]) == len(emotion["probs"]) == 8
+    assert abs(sum(emotion["probs"]) - 1.0) < 1e-3 and emotion["top"] in emotion["labels"]
+    assert emotion["confidence"] == max(emotion["probs"])
+    change = by_topic["emotion.change"][0].payload
+    assert change["from"] is None and change["to"] in emotion["labels"]
+    denoised = by_topic["video.denoised"][-1]
+    assert (denoised.payload["width"], denoised.payload["height"]) == (64, 64)
+    assert denoised.payload["format"] == "rgb24" and len(denoised.buffers[0]) == 64 * 64 * 3
+    image = np.frombuffer(denoised.buffers[0], np.uint8)
+    assert image.std() > 0  # a picture, not a constant
+    latent = by_topic["latent"][-1].payload
+    assert [len(latent[k]) for k in ("w", "z_av", "z_a", "z_v")] == [84, 16, 8, 4]
+    assert all(np.isfinite(latent["w"]))
+    frames = {m.payload["frame_seq"] for m in by_topic["emotion"]}
+    assert frames <= {m.payload["frame_seq"] for m in by_topic["face"] if m.payload["found"]}
+    final = [m for m in by_topic["stats"] if m.payload["final"]][0].payload
+    assert final["latency_ms"]["model"]["p50"] > 0 and final["nonfinite_frames"] == 0
+
+
+def test_bad_model_folder_and_noise_are_one_line(tmp_path, endpoint):
+    require_shared_data()
+    clip = str(CREMA_D_CLIPS[0])
+    for args, phrase in (
+        (("--model", str(tmp_path / "missing")), "does not exist"),
+        (("--model", str(tmp_path)), "incomplete"),
+        (("--no-model", "--noise", "salt"), "unknown noise"),
+    ):
+        result = _run("--video", clip, "--no-preview", "--publish", endpoint, "--control", "none",
+                      *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr and phrase in result.stderr, result.stderr
