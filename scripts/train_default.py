@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Train the default model end to end and install it in the package.
+
+    1. a synthetic corpus (`streamav corpus synth`), speakers split train/val/test by the seed;
+    2. one folder corpus of the synthetic clips plus the real CREMA-D clips of ../shared/data
+       (the real clips go to the training split: they teach the model real faces and voices);
+    3. the feature cache of it (`streamav corpus cache`) and of CREMA-D alone (for the real-data
+       evaluation);
+    4. the four stages (`streamav train vqvae-audio | vqvae-visual | mdvae | emotion`);
+    5. the evaluation (`streamav eval`) on the held-out synthetic speakers and on CREMA-D;
+    6. the model, as fp16 safetensors, into streamav/data/model/, with the evaluation JSON and a
+       summary that MODEL_CARD.md quotes.
+
+Everything is resumable: run it again and finished steps are reused. Usage:
+    python scripts/train_default.py --work out/default_model [--speakers 8 --sentences 2]
+                                    [--steps-scale 1.0] [--install]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+STAGE_STEPS = {"vqvae-audio": 1500, "vqvae-visual": 2000, "mdvae": 1500}
+
+
+def run(*args: str) -> None:
+    """One streamav command, its output shown; stops the script if it fails."""
+    command = [sys.executable, "-m", "streamav", *args]
+    print("+ streamav " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+def combined_corpus(synth: Path, out: Path) -> Path:
+    """A folder corpus (labels.csv) of the synthetic clips and the real CREMA-D clips."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with open(synth / "labels.csv") as f:
+        for row in csv.DictReader(f):
+            rows.append({"clip": row["clip"], "path": str(synth / "clips" / f"{row['clip']}.mp4"),
+                         "speaker": row["speaker"], "emotion": row["emotion"],
+                         "intensity": row["intensity"], "split": row["split"],
+                         "traces": str(synth / "traces" / f"{row['clip']}.npz")})
+    with open(SHARED / "crema-d" / "labels.csv") as f:
+        for row in csv.DictReader(f):
+            rows.append({"clip": row["clip"], "path": str(SHARED / "crema-d" / f"{row['clip']}.flv"),
+                         "speaker": f"cremad-{row['actor']}", "emotion": row["emotion"],
+                         "intensity": "", "split": "train", "traces": ""})
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "out" / "default_model")
+    parser.add_argument("--speakers", type=int, default=8)
+    parser.add_argument("--sentences", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every stage's steps (0.1 for a quick smoke run)")
+    parser.add_argument("--install", action="store_true",
+                        help="copy the model (fp16) into streamav/data/model/")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    started = time.time()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, *command: str) -> None:
+        t0 = time.time()
+        run(*command)
+        timings[name] = round(time.time() - t0, 1)
+
+    synth = work / "synth"
+    if not (synth / "manifest.json").is_file():
+        timed("synth", "corpus", "synth", "--out", str(synth), "--speakers", str(args.speakers),
+              "--sentences", str(args.sentences), "--seed", str(args.seed))
+    corpus = combined_corpus(synth, work / "corpus")
+    timed("cache", "corpus", "cache", str(corpus), "--format", "folder", "--out",
+          str(work / "cache"), "--split-seed", str(args.seed))
+    timed("cache_crema", "corpus", "cache", str(SHARED / "crema-d"), "--format", "crema-d",
+          "--out", str(work / "cache_crema"))
+    model = work / "model"
+    for stage, steps in STAGE_STEPS.items():
+        timed(stage, "train", stage, "--cache", str(work / "cache"), "--out", str(model),
+              "--steps", str(max(10, int(steps * args.steps_scale))), "--seed", str(args.seed))
+    timed("emotion", "train", "emotion", "--cache", str(work / "cache"), "--out", str(model))
+    timed("eval_synth", "eval", "--model", str(model), "--cache", str(work / "cache"),
+          "--split", "test", "--json", str(work / "eval_synth_test.json"), "--plots",
+          str(work / "plots_synth"))
+    timed("eval_crema", "eval", "--model", str(model), "--cache", str(work / "cache_crema"),
+          "--split", "all", "--json", str(work / "eval_crema.json"), "--plots",
+          str(work / "plots_crema"))
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "timings_s": timings,
+               "total_s": round(time.time() - started, 1)}
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.install:
+        from streamav.model.io import load_model, save_model
+        from streamav.model_stage import default_model_folder
+
+        target = default_model_folder()
+        shutil.rmtree(target, ignore_errors=True)
+        meta = json.loads((model / "config.json").read_text())
+        save_model(load_model(model), target, half=True, extra=meta.get("extra", {}))
+        print(f"installed the model in {target}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
