@@ -39,16 +39,41 @@ def run(*args: str) -> None:
     subprocess.run(command, check=True)
 
 
-def combined_corpus(synth: Path, out: Path) -> Path:
+def synth_rows(synth: Path, max_speakers: int | None, sentences_used: int | None) -> list[dict]:
+    """The synthetic clips: from labels.csv, or (a corpus still being written) from the names
+    S001_01_angry_1.mp4 of the speakers whose clips are all there, split 2 test / 1 val."""
+    rows = []
+    if (synth / "labels.csv").is_file():
+        with open(synth / "labels.csv") as f:
+            rows = [dict(r) for r in csv.DictReader(f)]
+    else:
+        per_speaker: dict[str, list[dict]] = {}
+        for path in sorted((synth / "clips").glob("*.mp4")):
+            speaker, sentence, emotion, intensity = path.stem.split("_")
+            if (synth / "traces" / f"{path.stem}.npz").is_file():
+                per_speaker.setdefault(speaker, []).append(
+                    {"clip": path.stem, "speaker": speaker, "sentence": sentence,
+                     "emotion": emotion, "intensity": intensity})
+        most = max(len(v) for v in per_speaker.values())
+        speakers = [s for s, v in per_speaker.items() if len(v) == most]
+        splits = {s: ("test" if i < 2 else "val" if i == 2 else "train")
+                  for i, s in enumerate(sorted(speakers))}
+        rows = [dict(r, split=splits[r["speaker"]]) for s in speakers for r in per_speaker[s]]
+    speakers = sorted({r["speaker"] for r in rows})[:max_speakers]
+    return [r for r in rows if r["speaker"] in speakers
+            and (sentences_used is None or int(r["sentence"]) < sentences_used)]
+
+
+def combined_corpus(synth: Path, out: Path, max_speakers: int | None,
+                    sentences_used: int | None) -> Path:
     """A folder corpus (labels.csv) of the synthetic clips and the real CREMA-D clips."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with open(synth / "labels.csv") as f:
-        for row in csv.DictReader(f):
-            rows.append({"clip": row["clip"], "path": str(synth / "clips" / f"{row['clip']}.mp4"),
-                         "speaker": row["speaker"], "emotion": row["emotion"],
-                         "intensity": row["intensity"], "split": row["split"],
-                         "traces": str(synth / "traces" / f"{row['clip']}.npz")})
+    for row in synth_rows(synth, max_speakers, sentences_used):
+        rows.append({"clip": row["clip"], "path": str(synth / "clips" / f"{row['clip']}.mp4"),
+                     "speaker": row["speaker"], "emotion": row["emotion"],
+                     "intensity": row["intensity"], "split": row["split"],
+                     "traces": str(synth / "traces" / f"{row['clip']}.npz")})
     with open(SHARED / "crema-d" / "labels.csv") as f:
         for row in csv.DictReader(f):
             rows.append({"clip": row["clip"], "path": str(SHARED / "crema-d" / f"{row['clip']}.flv"),
@@ -67,6 +92,10 @@ def main() -> int:
     parser.add_argument("--speakers", type=int, default=8)
     parser.add_argument("--sentences", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synth", type=Path, default=None,
+                        help="use this synthetic corpus instead of generating one")
+    parser.add_argument("--max-speakers", type=int, default=None)
+    parser.add_argument("--sentences-used", type=int, default=None)
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every stage's steps (0.1 for a quick smoke run)")
     parser.add_argument("--install", action="store_true",
@@ -81,11 +110,11 @@ def main() -> int:
         run(*command)
         timings[name] = round(time.time() - t0, 1)
 
-    synth = work / "synth"
-    if not (synth / "manifest.json").is_file():
+    synth = args.synth.resolve() if args.synth else work / "synth"
+    if args.synth is None and not (synth / "manifest.json").is_file():
         timed("synth", "corpus", "synth", "--out", str(synth), "--speakers", str(args.speakers),
               "--sentences", str(args.sentences), "--seed", str(args.seed))
-    corpus = combined_corpus(synth, work / "corpus")
+    corpus = combined_corpus(synth, work / "corpus", args.max_speakers, args.sentences_used)
     timed("cache", "corpus", "cache", str(corpus), "--format", "folder", "--out",
           str(work / "cache"), "--split-seed", str(args.seed))
     timed("cache_crema", "corpus", "cache", str(SHARED / "crema-d"), "--format", "crema-d",
@@ -93,7 +122,8 @@ def main() -> int:
     model = work / "model"
     for stage, steps in STAGE_STEPS.items():
         timed(stage, "train", stage, "--cache", str(work / "cache"), "--out", str(model),
-              "--steps", str(max(10, int(steps * args.steps_scale))), "--seed", str(args.seed))
+              "--steps", str(max(10, int(steps * args.steps_scale))), "--seed", str(args.seed),
+              "--threads", "1")
     timed("emotion", "train", "emotion", "--cache", str(work / "cache"), "--out", str(model))
     timed("eval_synth", "eval", "--model", str(model), "--cache", str(work / "cache"),
           "--split", "test", "--json", str(work / "eval_synth_test.json"), "--plots",

@@ -145,13 +145,47 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Learning rate (default per stage)."),
     seed: int = typer.Option(0, help="Seed (batches and initialisation)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: int = typer.Option(1, help="PyTorch CPU threads."),
 ) -> None:
     """Train one stage of the model on a feature cache (resumes after a kill)."""
     from streamav.train.stages import train_stage
 
     summary = train_stage(stage, cache, out, preset=preset, steps=steps, batch_size=batch_size,
-                          learning_rate=lr, seed=seed, device=device)
+                          learning_rate=lr, seed=seed, device=device, threads=threads)
     typer.echo(json.dumps(summary))
+
+
+@app.command(name="eval")
+def eval_(
+    model: Path = typer.Option(..., help="Model folder (streamav train)."),
+    cache: Path = typer.Option(..., help="Feature cache (streamav corpus cache)."),
+    split: str = typer.Option("test", help="Split to evaluate: train, val, test or all."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report here (JSON)."),
+    plots: Optional[Path] = typer.Option(None, help="Write the PNGs into this folder."),
+    seed: int = typer.Option(0, help="Seed of every random choice (same seed, same report)."),
+    max_clips: int = typer.Option(300, help="At most this many clips of the split (0: all)."),
+    denoise_clips: int = typer.Option(8, help="Clips for the denoising metrics (0: skip)."),
+    denoise_max_frames: int = typer.Option(150, help="First frames of each denoising clip."),
+    draws: int = typer.Option(5, help="Seeded repetitions of the few-shot and identity splits."),
+    k: list[int] = typer.Option([1, 5, 10], help="Few-shot sequences per class (repeatable)."),
+    fewshot_unit: str = typer.Option("auto", help="Few-shot sequences: auto, clip or segment."),
+    within_actor: Optional[bool] = typer.Option(
+        None, "--within-actor/--no-within-actor",
+        help="Within-actor few-shot (default: only when the split has a single speaker)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+) -> None:
+    """Evaluate a model on a cache: reconstruction, denoising, few-shot emotion, identity,
+    disentanglement (docs/evaluation.md)."""
+    from streamav.evaluate import EvalSettings, evaluate, print_summary, write_report
+
+    settings = EvalSettings(split=split, seed=seed, max_clips=max_clips or None,
+                            denoise_clips=denoise_clips, denoise_max_frames=denoise_max_frames,
+                            draws=draws, k_shots=tuple(k), fewshot_unit=fewshot_unit,
+                            within_actor=within_actor)
+    report = evaluate(model, cache, settings, plots_dir=plots, progress=progress)
+    if json_out is not None:
+        write_report(report, json_out)
+    print_summary(report)
 
 
 @app.command()

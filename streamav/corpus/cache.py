@@ -162,7 +162,8 @@ def load_traces(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     """
     with np.load(path) as data:
         names = [n for n in SYNTH_TRACE_NAMES if n in data.files]
-        names += sorted(n for n in data.files if n not in names and data[n].ndim == 1)
+        names += sorted(n for n in data.files if n not in names and data[n].ndim == 1
+                        and data[n].dtype.kind in "fiub")  # numeric per-frame arrays only
         if not names:
             raise ValueError(f"{path} holds no per-frame 1-D arrays")
         columns = [np.asarray(data[n], np.float32) for n in names]
