@@ -172,12 +172,19 @@ def eval_(
     within_actor: Optional[bool] = typer.Option(
         None, "--within-actor/--no-within-actor",
         help="Within-actor few-shot (default: only when the split has a single speaker)."),
+    threads: int = typer.Option(
+        1, help="PyTorch CPU threads (0: PyTorch's default). One is fastest for these small "
+                "batches when other work shares the CPU (docs/evaluation.md)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
     """Evaluate a model on a cache: reconstruction, denoising, few-shot emotion, identity,
     disentanglement (docs/evaluation.md)."""
+    import torch
+
     from streamav.evaluate import EvalSettings, evaluate, print_summary, write_report
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     settings = EvalSettings(split=split, seed=seed, max_clips=max_clips or None,
                             denoise_clips=denoise_clips, denoise_max_frames=denoise_max_frames,
                             draws=draws, k_shots=tuple(k), fewshot_unit=fewshot_unit,
