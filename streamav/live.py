@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -13,7 +14,7 @@ from streamav import __version__
 from streamav.config import LiveConfig, load_config
 from streamav.frontend.corruption import parse_corruption
 from streamav.frontend.face import FaceFrontEnd
-from streamav.model_stage import ModelStage, default_model_folder
+from streamav.model_stage import TORCH_HINT, ModelStage, default_model_folder
 from streamav.frontend.features import FeatureRecorder, save_features
 from streamav.pipeline import LivePipeline, RunSummary
 from streamav.preview import PreviewWindow, display_available
@@ -54,6 +55,9 @@ def _model(config: LiveConfig) -> ModelStage | None:
     if not (folder / "config.json").is_file():
         log.warning("no model shipped with this install: front end only (train one with "
                     "`streamav train` and pass --model DIR)")
+        return None
+    if importlib.util.find_spec("torch") is None:  # the shipped model was not asked for by name
+        log.warning("front end only: %s", TORCH_HINT)
         return None
     return ModelStage(folder, noise=noise)
 
