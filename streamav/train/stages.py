@@ -188,7 +188,8 @@ def _train_network(stage: str, model: StreamingModel, cache: Path, out: Path,
             terms = mdvae_loss(result, batch["x_v_clean"], batch["audio_target"], log_power_hat)
             return terms.total, {k: v.item() for k, v in terms._asdict().items() if k != "total"}
     loop = LoopConfig(steps=settings.steps, learning_rate=settings.learning_rate, seed=seed,
-                      checkpoint_every=max(10, settings.steps // 20))
+                      checkpoint_every=max(10, settings.steps // 20),
+                      log_every=max(1, min(10, settings.steps // 20)))
     result = run_loop(stage, out / "train" / stage, part, list(part.parameters()), batches, loss,
                       loop)
     part.eval()
