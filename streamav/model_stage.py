@@ -62,12 +62,14 @@ class ModelStage:
             import torch
         except ImportError:
             raise MissingDependencyError(TORCH_HINT) from None
+        from streamav.corpus.dataset import face_to_model
         from streamav.model.io import load_model
         from streamav.model.streaming import GuardedStream
 
         torch.set_num_threads(1)  # the worker has one core; the others decode and track faces
         model = load_model(self.folder)
         self.labels = tuple(model.labels)
+        self._torch, self._face_to_model = torch, face_to_model  # imported once, used per frame
         self._stream = GuardedStream(model, batch=1)
         self._detector = EmotionChangeDetector(self.labels, fps=self.fps)
         log.info("model %s (%s preset) loaded", self.folder, model.cfg.preset)
@@ -88,11 +90,8 @@ class ModelStage:
     def step(self, crop_rgb: np.ndarray, spectrum: np.ndarray | None, frame_seq: int
              ) -> ModelMessages | None:
         """One frame; None when the step produced non-finite values (state already reset)."""
-        import torch
-
-        from streamav.corpus.dataset import face_to_model
-
         assert self._stream is not None and self._detector is not None, "start() first"
+        torch, face_to_model = self._torch, self._face_to_model
         seen = self.noise.apply(crop_rgb, self._rng) if self.noise is not None else crop_rgb
         face = torch.from_numpy(np.ascontiguousarray(face_to_model(seen)))[None]
         power = np.zeros(513, np.float32) if spectrum is None else spectrum

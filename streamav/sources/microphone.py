@@ -239,14 +239,18 @@ class MicrophoneSource:
         np.mean(indata, axis=1, out=out)
         return out
 
+    def _stamp_block(self, time_info: Any, status: Any) -> int:
+        """Callback: the block's first-sample capture time; counts PortAudio's overflow flag."""
+        t_first_ns = self._first_sample_time_ns(time.monotonic_ns(), time_info)
+        if status.input_overflow:
+            self._sink.audio_overflow()
+        return t_first_ns
+
     def _direct_callback(self, indata: np.ndarray, frames: int, time_info: Any,
                          status: Any) -> None:
         try:
-            t_first_ns = self._first_sample_time_ns(time.monotonic_ns(), time_info)
-            sink = self._sink
-            if status.input_overflow:
-                sink.audio_overflow()
-            sink.write_audio(self._seq, t_first_ns, self._downmix(indata, self._mix[:frames]))
+            t_first_ns = self._stamp_block(time_info, status)
+            self._sink.write_audio(self._seq, t_first_ns, self._downmix(indata, self._mix[:frames]))
             self._seq += 1
         except BaseException as exc:  # keep it for error(); PortAudio only sees an abort
             self._error = exc
@@ -255,21 +259,15 @@ class MicrophoneSource:
     def _ring_callback(self, indata: np.ndarray, frames: int, time_info: Any,
                        status: Any) -> None:
         try:
-            t_first_ns = self._first_sample_time_ns(time.monotonic_ns(), time_info)
-            sink = self._sink
-            if status.input_overflow:
-                sink.audio_overflow()
+            t_first_ns = self._stamp_block(time_info, status)
             n_slots = self._ring.shape[0]
             if self._slots.qsize() >= n_slots - 1:  # the resampler is a full ring behind
-                sink.audio_overflow()
+                self._sink.audio_overflow()
                 return
             slot = self._ring_next
             self._ring_next = (slot + 1) % n_slots
             row = self._ring[slot, :frames]
-            if indata.shape[1] == 1:
-                row[:] = indata[:, 0]
-            else:
-                np.mean(indata, axis=1, out=row)
+            np.copyto(row, self._downmix(indata, row))  # a no-op copy when it mixed into row
             self._ring_t_ns[slot] = t_first_ns
             self._slots.put(slot)
         except BaseException as exc:
