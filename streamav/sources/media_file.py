@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from streamav.clock import NS_PER_S, now_ns
+from streamav.clock import NS_PER_S
 from streamav.errors import InputError
 from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, ReplayingSource, StreamThreads
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from streamav.clock import NS_PER_S, now_ns
+from streamav.clock import NS_PER_S
 from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, AVSink, ReplayingSource, StreamThreads
 
 
