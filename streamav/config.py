@@ -6,7 +6,7 @@
     [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode
     [spectrum] sample_rate_hz, window_samples, n_fft, hop_samples
     [publish]  endpoint, control_endpoint, stream_id, queue_size, send_hwm, curve_secret_key_file
-    [model]    enabled, folder, noise
+    [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir
     [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
                save_features
 
@@ -63,6 +63,11 @@ class ModelSectionConfig:
     enabled: bool = True
     folder: str | None = None  # None: the model shipped in the package, if there is one
     noise: str | None = None  # corrupt the face crop before the model (see frontend/corruption)
+    backend: str = "auto"  # eager | onnx | compile | tensorrt | auto (docs/engines.md)
+    device: str = "cpu"  # cpu | cuda
+    precision: str = "fp32"  # fp32 | fp16 | int8 (fp16/int8: tensorrt on cuda)
+    threads: int = 1  # intra-op threads of the model step (the other cores decode and track)
+    engine_dir: str | None = None  # None: $STREAMAV_ENGINE_DIR, the checkout's engines/, or ~/.cache
 
 
 @dataclass(frozen=True)

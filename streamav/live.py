@@ -14,7 +14,7 @@ from streamav import __version__
 from streamav.config import LiveConfig, load_config
 from streamav.frontend.corruption import parse_corruption
 from streamav.frontend.face import FaceFrontEnd
-from streamav.model_stage import TORCH_HINT, ModelStage, default_model_folder
+from streamav.model_stage import TORCH_HINT, EngineOptions, ModelStage, default_model_folder
 from streamav.frontend.features import FeatureRecorder, save_features
 from streamav.pipeline import LivePipeline, RunSummary
 from streamav.preview import PreviewWindow, display_available
@@ -50,7 +50,7 @@ def _model(config: LiveConfig) -> ModelStage | None:
     if not section.enabled:
         return None
     if section.folder is not None:
-        return ModelStage(Path(section.folder), noise=noise)
+        return ModelStage(Path(section.folder), noise=noise, engine=_engine_options(section))
     folder = default_model_folder()
     if not (folder / "config.json").is_file():
         log.warning("no model shipped with this install: front end only (train one with "
@@ -59,7 +59,13 @@ def _model(config: LiveConfig) -> ModelStage | None:
     if importlib.util.find_spec("torch") is None:  # the shipped model was not asked for by name
         log.warning("front end only: %s", TORCH_HINT)
         return None
-    return ModelStage(folder, noise=noise)
+    return ModelStage(folder, noise=noise, engine=_engine_options(section))
+
+
+def _engine_options(section) -> EngineOptions:
+    return EngineOptions(backend=section.backend, device=section.device,
+                         precision=section.precision, threads=section.threads,
+                         engine_dir=Path(section.engine_dir) if section.engine_dir else None)
 
 
 def build_pipeline(config: LiveConfig, on_frame=None) -> LivePipeline:

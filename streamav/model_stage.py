@@ -46,10 +46,23 @@ class ModelMessages:
     noisy_rgb: np.ndarray  # the crop the model saw (corrupted when --noise is on)
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """Which engine runs the step (docs/engines.md); `auto` is ONNX Runtime on a CPU."""
+
+    backend: str = "auto"
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int = 1
+    engine_dir: Path | None = None
+
+
 class ModelStage:
     def __init__(self, folder: Path, noise: Corruption | None = None, fps: float = 30.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, engine: EngineOptions | None = None) -> None:
         self.folder = Path(folder)
+        self.engine_options = engine or EngineOptions()
+        self.engine_label = ""
         self.noise = noise
         self.fps = fps
         self._rng = np.random.default_rng(seed)
@@ -66,13 +79,26 @@ class ModelStage:
         from streamav.model.io import load_model
         from streamav.model.streaming import GuardedStream
 
-        torch.set_num_threads(1)  # the worker has one core; the others decode and track faces
+        options = self.engine_options
+        torch.set_num_threads(options.threads)  # by default one: the others decode and track
         model = load_model(self.folder)
         self.labels = tuple(model.labels)
         self._torch, self._face_to_model = torch, face_to_model  # imported once, used per frame
-        self._stream = GuardedStream(model, batch=1)
+        engine = self._open_engine(model)
+        self.engine_label = engine.spec.label
+        self._stream = GuardedStream(model, batch=1, step_fn=engine.step, device=engine.device)
         self._detector = EmotionChangeDetector(self.labels, fps=self.fps)
-        log.info("model %s (%s preset) loaded", self.folder, model.cfg.preset)
+        log.info("model %s (%s preset) loaded; step on %s", self.folder, model.cfg.preset,
+                 self.engine_label)
+
+    def _open_engine(self, model):
+        from streamav.engines import EngineCache
+        from streamav.engines.registry import open_with_fallback
+
+        options = self.engine_options
+        return open_with_fallback(model, options.backend, options.device, options.precision,
+                                  batch=1, cache=EngineCache(options.engine_dir),
+                                  threads=options.threads)
 
     @property
     def nonfinite_frames(self) -> int:

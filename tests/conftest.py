@@ -17,6 +17,21 @@ OBAMA = SHARED_DATA / "talking-head" / "uncrop_Obama.mp4"
 CREMA_D_CLIPS = sorted(CREMA_D.glob("*.flv"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _engine_dir(tmp_path_factory):
+    """Engines built by tests (and by CLI subprocesses, which inherit the environment) go to a
+    temporary folder, never into the checkout's engines/; one per session, so the default
+    model's ONNX engine is built once."""
+    folder = tmp_path_factory.mktemp("engines")
+    previous = os.environ.get("STREAMAV_ENGINE_DIR")
+    os.environ["STREAMAV_ENGINE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("STREAMAV_ENGINE_DIR", None)
+    else:
+        os.environ["STREAMAV_ENGINE_DIR"] = previous
+
+
 def require_shared_data() -> None:
     if not CREMA_D_CLIPS or not OBAMA.exists():
         pytest.skip(f"the real clips are not at {SHARED_DATA} (CI puts ../shared beside the repo)")

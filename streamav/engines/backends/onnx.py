@@ -1,0 +1,102 @@
+"""ONNX Runtime: the CPU default (CUDA and TensorRT execution providers where installed).
+
+The engine file is the ONNX export of the step (`streamav.engines.export.write_onnx`); this
+module only runs it. Inputs and the state go in as numpy views of the torch tensors (no copy on
+CPU) and the outputs come back as torch tensors sharing ONNX Runtime's buffers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamav.engines.base import EngineSpec, StepEngine
+from streamav.errors import InputError, MissingDependencyError
+from streamav.model.streaming import (EXPORT_INPUT_NAMES, OUTPUT_NAMES, State, StepOutputs,
+                                      StreamingModel)
+
+ORT_HINT = "ONNX Runtime is not installed: pip install 'streamav[train]' (onnxruntime)"
+
+
+def import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(ORT_HINT) from None
+    return onnxruntime
+
+
+def providers_for(device: str) -> list[str]:
+    """The execution providers to ask for on `device`, best first, among those installed."""
+    ort = import_ort()
+    available = ort.get_available_providers()
+    wanted = (["TensorrtExecutionProvider", "CUDAExecutionProvider"] if device == "cuda"
+              else []) + ["CPUExecutionProvider"]
+    chosen = [p for p in wanted if p in available]
+    if device == "cuda" and chosen == ["CPUExecutionProvider"]:
+        raise MissingDependencyError(
+            "this ONNX Runtime has no CUDA execution provider: pip install onnxruntime-gpu")
+    return chosen
+
+
+def default_threads() -> int:
+    """Intra-op threads: every core the process may use (2 on the CI machine)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+class OnnxEngine(StepEngine):
+    def __init__(self, spec: EngineSpec, model: StreamingModel, onnx_path: Path,
+                 threads: int | None = None) -> None:
+        if spec.precision != "fp32":
+            raise InputError("--backend onnx builds fp32 engines; fp16/int8 are for tensorrt")
+        super().__init__(spec, model)
+        ort = import_ort()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), options,
+                                            providers=providers_for(spec.device))
+        names = [i.name for i in self.session.get_inputs()]
+        if names != list(EXPORT_INPUT_NAMES):
+            raise InputError(f"{self.path} is not a streamav step export (inputs {names})")
+        self.threads = options.intra_op_num_threads
+
+    def step(self, spectrum: Tensor, face: Tensor, state: State) -> tuple[StepOutputs, State]:
+        if self.device.type == "cuda":
+            return self._step_cuda(spectrum, face, state)
+        feeds = {name: _numpy(t) for name, t in zip(EXPORT_INPUT_NAMES, (spectrum, face, *state))}
+        results = [torch.from_numpy(r) for r in self.session.run(None, feeds)]
+        n = len(OUTPUT_NAMES)
+        return StepOutputs(*results[:n]), State(*results[n:])
+
+    def _step_cuda(self, spectrum: Tensor, face: Tensor, state: State) -> tuple[StepOutputs, State]:
+        # Bound inputs/outputs on the GPU: no round trip through the host for the state.
+        spectrum, face = self.inputs_to_device(spectrum, face)
+        binding = self.session.io_binding()
+        for name, t in zip(EXPORT_INPUT_NAMES, (spectrum, face, *state)):
+            t = t.contiguous()
+            binding.bind_input(name, "cuda", self.device.index or 0, np.float32, tuple(t.shape),
+                               t.data_ptr())
+        for out in self.session.get_outputs():
+            binding.bind_output(out.name, "cuda", self.device.index or 0)
+        self.session.run_with_iobinding(binding)
+        results = [torch.from_dlpack(v.to_dlpack()) if hasattr(v, "to_dlpack")
+                   else torch.from_numpy(v.numpy()).to(self.device)
+                   for v in binding.get_outputs()]
+        n = len(OUTPUT_NAMES)
+        return StepOutputs(*results[:n]), State(*results[n:])
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        t = t.detach().to("cpu", torch.float32)
+    return np.ascontiguousarray(t.detach().numpy())

@@ -1,0 +1,107 @@
+"""`streamav build-engines`: build (or find) the engines for a model, and say what they are.
+
+For each backend x precision x batch asked for: the engine is looked up in the cache and built
+on a miss (export, compile, parity against eager over real frames with the state fed back,
+latency), then listed with its folder, parity and latency from its manifest. `--force` removes
+a matching engine first. `--calibration` takes a calibration.json or a folder of clips (whose
+description is written to FOLDER/calibration.json); INT8 engines report their accuracy change
+against fp32 eager: top-emotion agreement and face PSNR.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from streamav.engines.base import EngineSpec
+from streamav.engines.cache import EngineCache
+from streamav.errors import InputError
+
+
+def split_list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise InputError(f"--{what} is empty")
+    return items
+
+
+def calibration_path(path: Path | None) -> Path | None:
+    """A calibration.json as given, or the one of a folder of clips (described if missing)."""
+    if path is None:
+        return None
+    from streamav.engines.calibration import describe_recordings, recordings_in
+
+    if path.is_dir() and not (path / "calibration.json").is_file():
+        clips = recordings_in(path)
+        if not clips:
+            raise InputError(f"--calibration {path}: no video clips in it")
+        describe_recordings(clips, path / "calibration.json")
+    if not path.exists():
+        raise InputError(f"--calibration {path} does not exist")
+    return path
+
+
+def build_engines(model_folder: Path | None, backends: list[str], device: str,
+                  precisions: list[str], batches: list[int], engine_dir: Path | None,
+                  calibration: Path | None, force: bool, console: Console) -> list[dict]:
+    """Build or load every engine asked for; returns their manifests."""
+    from streamav.engines.registry import (CACHED_BACKENDS, build_or_load, check_backend,
+                                           engine_identity, resolve_backend, weights_sha256)
+    from streamav.model.io import load_model
+    from streamav.model_stage import default_model_folder
+
+    folder = model_folder or default_model_folder()
+    model = load_model(folder).float().eval()
+    cache = EngineCache(engine_dir)
+    calibration = calibration_path(calibration)
+    weights = weights_sha256(model)
+    manifests = []
+    for name in backends:
+        backend, why = resolve_backend(name, device)
+        if name == "auto":
+            console.print(f"auto: {backend} ({why})")
+        if backend not in CACHED_BACKENDS:
+            raise InputError(f"--backend {backend} builds nothing to keep (it compiles at start);"
+                             f" choose from {', '.join(CACHED_BACKENDS)}")
+        check_backend(backend, device)
+        for precision in precisions:
+            for batch in batches:
+                spec = EngineSpec(backend, device, precision, batch)
+                if force:
+                    calibration_hash = None
+                    if precision == "int8":
+                        from streamav.engines.calibration import load_calibration
+
+                        calibration_hash = load_calibration(calibration).set_hash
+                    stale = cache.folder_for(engine_identity(model, spec, weights,
+                                                             calibration_hash))
+                    shutil.rmtree(stale, ignore_errors=True)
+                with console.status(f"engine {spec.label}: building or loading"):
+                    cached = build_or_load(model, spec, cache, calibration, weights_hash=weights)
+                manifests.append(dict(cached.manifest, folder=str(cached.folder),
+                                      built_now=cached.built))
+    print_engines(manifests, console)
+    return manifests
+
+
+def print_engines(manifests: list[dict], console: Console) -> None:
+    table = Table(title="engines")
+    for column in ("engine", "state", "build s", "face max abs", "probs max abs",
+                   "emotion agree", "face PSNR dB", "p50 ms", "p99 ms", "folder"):
+        table.add_column(column)
+    for m in manifests:
+        identity, parity, latency = m["identity"], m.get("parity", {}), m.get("latency_ms", {})
+        label = (f"{identity['backend']}/{identity['device']}/{identity['precision']}"
+                 f"/b{identity['batch']}")
+        ok = parity.get("within_tolerance")
+        table.add_row(
+            label, "built" if m.get("built_now") else "cached", f"{m.get('build_s', 0):.1f}",
+            f"{parity['max_abs']['face_hat']:.2e}", f"{parity['max_abs']['emotion_probs']:.2e}",
+            f"{parity.get('emotion_agreement', float('nan')):.3f}",
+            f"{parity.get('face_psnr_db_vs_reference', float('nan')):.1f}",
+            f"{latency.get('p50', float('nan')):.2f}", f"{latency.get('p99', float('nan')):.2f}",
+            Path(m["folder"]).name + ("" if ok else " (parity outside tolerance!)"))
+    console.print(table)
