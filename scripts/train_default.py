@@ -98,6 +98,8 @@ def main() -> int:
     parser.add_argument("--sentences-used", type=int, default=None)
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every stage's steps (0.1 for a quick smoke run)")
+    parser.add_argument("--mdvae-window", type=int, default=30,
+                        help="frames per MDVAE training window (clips are ~3 s = 90 frames)")
     parser.add_argument("--install", action="store_true",
                         help="copy the model (fp16) into streamav/data/model/")
     args = parser.parse_args()
@@ -123,7 +125,8 @@ def main() -> int:
     for stage, steps in STAGE_STEPS.items():
         timed(stage, "train", stage, "--cache", str(work / "cache"), "--out", str(model),
               "--steps", str(max(10, int(steps * args.steps_scale))), "--seed", str(args.seed),
-              "--threads", "1")
+              "--threads", "1",
+              *(["--window-frames", str(args.mdvae_window)] if stage == "mdvae" else []))
     timed("emotion", "train", "emotion", "--cache", str(work / "cache"), "--out", str(model))
     timed("eval_synth", "eval", "--model", str(model), "--cache", str(work / "cache"),
           "--split", "test", "--json", str(work / "eval_synth_test.json"), "--plots",

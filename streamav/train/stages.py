@@ -128,7 +128,7 @@ def _corrupt_faces(faces: torch.Tensor, rng: np.random.Generator) -> torch.Tenso
 def train_stage(stage: str, cache: Path, out: Path, *, preset: str = "default",
                 steps: int | None = None, batch_size: int | None = None,
                 learning_rate: float | None = None, seed: int = 0, device: str = "cpu",
-                threads: int = 1) -> dict:
+                threads: int = 1, window_frames: int | None = None) -> dict:
     """Run one stage on `device` ("cpu" or "cuda"); returns a summary (steps, seconds, losses).
 
     `threads`: PyTorch's CPU threads. 1 by default: these small models gain little from a
@@ -149,7 +149,7 @@ def train_stage(stage: str, cache: Path, out: Path, *, preset: str = "default",
     else:
         model.to(device)
         summary = _train_network(stage, model, cache, out, steps, batch_size, learning_rate, seed,
-                                 device)
+                                 device, window_frames)
         model.to("cpu")
     save_model(model, out, extra=_training_notes(out, stage, summary))
     return summary
@@ -157,10 +157,13 @@ def train_stage(stage: str, cache: Path, out: Path, *, preset: str = "default",
 
 def _train_network(stage: str, model: StreamingModel, cache: Path, out: Path,
                    steps: int | None, batch_size: int | None, learning_rate: float | None,
-                   seed: int, device: str) -> dict:
+                   seed: int, device: str, window_frames: int | None = None) -> dict:
     defaults = DEFAULTS[stage]
+    if window_frames is not None and (stage != "mdvae" or window_frames < 2):
+        raise InputError("--window-frames is for the mdvae stage, at least 2 frames")
     settings = StageSettings(steps or defaults.steps, batch_size or defaults.batch_size,
-                             learning_rate or defaults.learning_rate, defaults.window_frames)
+                             learning_rate or defaults.learning_rate,
+                             window_frames or defaults.window_frames)
     dataset = CacheWindowDataset(cache, "train", window_frames=settings.window_frames,
                                  stride_frames=max(1, settings.window_frames // 2),
                                  require_face=True)
