@@ -8,6 +8,9 @@ Two passes over each clip, through the same pipeline `streamav live` runs:
   capture-to-publish latency under a live load.
 
 Usage: python scripts/bench_frontend.py [--clips DIR_OR_FILES...] [--repeat N] [--json OUT]
+
+`streamav bench --pipeline` runs the same live path (streamav/bench/pipeline.py) with the
+model stage on a chosen backend, in the common benchmark JSON envelope (docs/bench.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,29 +27,12 @@ from rich.console import Console
 from rich.table import Table
 
 from streamav import __version__
-from streamav.config import load_config
+from streamav.bench.pipeline import run_once  # the live-path runs `streamav bench --pipeline` makes
 from streamav.latency import StageLatencies
-from streamav.live import build_pipeline
 from streamav.run_stats import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLIPS = REPO.parent / "shared" / "data" / "crema-d"
-
-
-def free_endpoint() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def run_once(clip: Path, realtime: bool) -> tuple[dict, StageLatencies]:
-    config = load_config(None, {
-        "source.video": str(clip), "run.realtime": realtime, "run.preview": False,
-        "publish.endpoint": free_endpoint(), "publish.control_endpoint": "none",
-    })
-    pipeline = build_pipeline(config)
-    summary = pipeline.run()
-    return summary.final_stats, pipeline.stats.latency
 
 
 def machine() -> dict:
@@ -94,7 +79,7 @@ def main() -> int:
             for _ in range(args.repeat):
                 for clip in clips:
                     t0 = time.perf_counter()
-                    final, latency = run_once(clip, realtime=(mode == "realtime"))
+                    final, latency, _ = run_once(clip, realtime=(mode == "realtime"))
                     busy_s += time.perf_counter() - t0
                     for stage in STAGES:
                         total.total[stage].merge(latency.total[stage])

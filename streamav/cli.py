@@ -88,6 +88,9 @@ def live(
     no_model: bool = typer.Option(False, "--no-model", help="Front end only, no MDVAE."),
     noise: Optional[str] = typer.Option(
         None, help="Corrupt the face before the model, e.g. gaussian:0.2, occlude_mouth."),
+    backend: Optional[str] = typer.Option(
+        None, help="Model step backend: auto (default), onnx, eager, compile, tensorrt."),
+    device: Optional[str] = typer.Option(None, help="cpu (default) or cuda."),
     config: Optional[Path] = typer.Option(None, help="TOML config (see docs/config.md)."),
 ) -> None:
     """Capture, run the front ends and the model, publish results until the input ends."""
@@ -107,6 +110,7 @@ def live(
         "run.save_features": str(save_features) if save_features else None,
         "model.folder": str(model) if model else None, "model.noise": noise,
         "model.enabled": False if no_model else None,
+        "model.backend": backend, "model.device": device,
     }
     from streamav.live import run_live
 
@@ -146,12 +150,15 @@ def train(
     seed: int = typer.Option(0, help="Seed (batches and initialisation)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: int = typer.Option(1, help="PyTorch CPU threads."),
+    window_frames: Optional[int] = typer.Option(
+        None, help="mdvae: frames per training window (default 30)."),
 ) -> None:
     """Train one stage of the model on a feature cache (resumes after a kill)."""
     from streamav.train.stages import train_stage
 
     summary = train_stage(stage, cache, out, preset=preset, steps=steps, batch_size=batch_size,
-                          learning_rate=lr, seed=seed, device=device, threads=threads)
+                          learning_rate=lr, seed=seed, device=device, threads=threads,
+                          window_frames=window_frames)
     typer.echo(json.dumps(summary))
 
 
@@ -193,6 +200,73 @@ def eval_(
     if json_out is not None:
         write_report(report, json_out)
     print_summary(report)
+
+
+@app.command(name="build-engines")
+def build_engines(
+    backend: str = typer.Option("auto", help="Comma-separated: onnx, tensorrt (auto: the best "
+                                "cached backend for the device)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    precision: str = typer.Option("fp32", help="Comma-separated: fp32, fp16, int8."),
+    batch: str = typer.Option("1", help="Comma-separated static batch sizes (streams per step)."),
+    calibration: Optional[Path] = typer.Option(
+        None, help="INT8 calibration: a calibration.json or a folder of clips "
+                   "(default: calibration/calibration.json of the checkout)."),
+    model: Optional[Path] = typer.Option(None, help="Model folder (default: the shipped one)."),
+    engine_dir: Optional[Path] = typer.Option(
+        None, help="Engine cache (default: $STREAMAV_ENGINE_DIR or engines/)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a matching engine exists."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the manifests here."),
+) -> None:
+    """Build the model's engines (or find them in the cache), with parity and latency."""
+    from rich.console import Console
+
+    from streamav.engines.build_cli import build_engines as build, split_list
+    from streamav.errors import InputError
+
+    try:
+        batches = [int(b) for b in split_list(batch, "batch")]
+    except ValueError:
+        raise InputError(f"--batch {batch!r}: expected integers like 1 or 1,64") from None
+    manifests = build(model, split_list(backend, "backend"), device,
+                      split_list(precision, "precision"), batches, engine_dir, calibration,
+                      force, Console(stderr=True))
+    if json_out is not None:
+        json_out.write_text(json.dumps(manifests, indent=2) + "\n")
+
+
+@app.command()
+def bench(
+    backend: Optional[str] = typer.Option(
+        None, help="Backends, comma-separated: eager, onnx, compile, tensorrt, auto (default: "
+                   "eager,onnx on cpu; auto with --pipeline). eager is always added (reference)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    batch: int = typer.Option(1, help="Streams per step (the engines' static batch)."),
+    frames: int = typer.Option(1000, help="Measured frames; every backend steps once per frame."),
+    warmup: int = typer.Option(50, help="Warm-up steps per backend before measuring."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result here (JSON)."),
+    plot: Optional[Path] = typer.Option(None, help="Latency distribution PNG (matplotlib)."),
+    model: Optional[Path] = typer.Option(None, help="Model folder; default: the shipped model."),
+    engine_dir: Optional[Path] = typer.Option(
+        None, help="Engine cache (default $STREAMAV_ENGINE_DIR, the checkout's engines/, ...)."),
+    threads: int = typer.Option(
+        0, help="ONNX Runtime intra-op and PyTorch threads (0: every core of the process; "
+                "with --pipeline: the live default)."),
+    pipeline: bool = typer.Option(False, "--pipeline", help="Benchmark the live path instead."),
+    video: Optional[Path] = typer.Option(
+        None, help="--pipeline: a video file, or a folder of them (e.g. calibration/recordings)."),
+    demo: bool = typer.Option(False, "--demo", help="--pipeline: the bundled clip (default)."),
+    repeat: int = typer.Option(1, help="--pipeline: passes over each clip per mode."),
+    realtime: Optional[bool] = typer.Option(
+        None, "--realtime/--no-realtime", help="--pipeline: one mode only (default: both)."),
+) -> None:
+    """Measure the model step on every backend, or the live path (docs/bench.md)."""
+    from streamav.bench import run_bench_command
+
+    run_bench_command(backend=backend, device=device, batch=batch, frames=frames, warmup=warmup,
+                      json_out=json_out, plot=plot, model=model, engine_dir=engine_dir,
+                      threads=threads, pipeline=pipeline, video=video, demo=demo, repeat=repeat,
+                      realtime=realtime)
 
 
 @app.command()

@@ -279,6 +279,7 @@ class LivePipeline:
         return self.stats.payload(
             final=final,
             nonfinite_frames=0 if self.model is None else self.model.nonfinite_frames,
+            model_engine=None if self.model is None else self.model.engine_label,
             dropped_frames=self._ring.video.dropped_frames,
             audio_overflows=self._ring.audio_overflows,
             audio_samples_lost=self._ring.audio.overwritten_samples,

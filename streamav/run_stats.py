@@ -65,7 +65,7 @@ class RunStats:
         return now_ns() - self._window_start_ns >= interval_s * NS_PER_S
 
     def payload(self, *, final: bool, dropped_frames: int, audio_overflows: int,
-                nonfinite_frames: int,
+                nonfinite_frames: int, model_engine: str | None = None,
                 audio_samples_lost: int, publish_dropped: int) -> dict:
         """The `stats` message: this window's numbers, or the whole run's when `final`."""
         t_now = now_ns()
@@ -91,6 +91,7 @@ class RunStats:
             "audio_samples_lost": audio_samples_lost,
             "publish_dropped": publish_dropped,
             "nonfinite_frames": nonfinite_frames,
+            "model_engine": model_engine,
             "av_skew_ms": skew.percentile_ms(50),
             "av_skew_p99_ms": skew.percentile_ms(99),
             "latency_ms": latency,
