@@ -238,7 +238,7 @@ def build_engines(
 @app.command()
 def bench(
     backend: Optional[str] = typer.Option(
-        None, help="Backends, comma-separated: eager, onnx, compile, tensorrt, auto (default: "
+        None, help="Backends, comma-separated: eager, onnx, compile, tensorrt, auto; a precision after a colon (onnx:int8, tensorrt:fp16) (default: "
                    "eager,onnx on cpu; auto with --pipeline). eager is always added (reference)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     batch: int = typer.Option(1, help="Streams per step (the engines' static batch)."),

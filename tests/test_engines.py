@@ -104,6 +104,24 @@ def test_onnx_runtime_matches_eager_over_300_real_frames_with_state_fed_back(
     assert np.abs(stateless_w - reference["w_mean"][-30:]).max() > 1e-2
 
 
+def test_onnx_int8_stays_within_its_tolerance_over_300_real_frames(
+        shipped_model, real_frames, _engine_dir):
+    """The CPU int8 engine (int8 weights of the matrix products): the int8 tolerances, and a
+    face that stays close to eager's (PSNR against eager, not against the input)."""
+    spectra, faces = real_frames
+    frames = 300
+    int8 = open_engine(shipped_model, EngineSpec("onnx", precision="int8"),
+                       EngineCache(_engine_dir), threads=1)
+    assert int8.path.stat().st_size < 0.5 * sum(
+        p.numel() * 4 for p in shipped_model.parameters())  # int8 weights, not fp32
+    report = parity.compare(
+        parity.run_engine(EagerEngine(EngineSpec("eager"), shipped_model), spectra, faces, frames),
+        parity.run_engine(int8, spectra, faces, frames))
+    assert parity.within_tolerance(report, "int8"), report["max_abs"]
+    assert report["face_psnr_db_vs_reference"] >= 40.0
+    assert report["max_abs"]["face_hat"] > 0  # it is really another computation
+
+
 def test_onnx_engine_steps_several_streams_independently(real_frames, _engine_dir):
     spectra, faces = real_frames
     model = _model(3)

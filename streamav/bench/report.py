@@ -56,7 +56,7 @@ def print_step_table(document: dict, console) -> None:
                      f"{c['first_step_ms']:.2f}")
     console.print(cold)
     spec = rows[0]["spec"]
-    warm = Table(title=f"step latency ms, {spec['device']} fp32 batch {s['batch']}: "
+    warm = Table(title=f"step latency ms, {spec['device']}, batch {s['batch']}: "
                        f"{s['frames']} frames interleaved after {s['warmup']} warm-up, "
                        f"{s['threads']} threads", box=box.SIMPLE_HEAD)
     columns = ("backend", "p50", "p90", "p99", "p99.9", "max", "mean",

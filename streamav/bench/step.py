@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import inspect
 import logging
 import math
 import time
@@ -59,22 +58,33 @@ class StepSettings:
 class Planned:
     backend: str
     why: str
+    precision: str = "fp32"
+
+    @property
+    def name(self) -> str:
+        """'onnx', or 'onnx:int8' for a precision other than fp32 (the rows of the report)."""
+        return self.backend if self.precision == "fp32" else f"{self.backend}:{self.precision}"
 
 
 def parse_backends(text: str | None) -> tuple[str, ...]:
-    """'eager, onnx' → ('eager', 'onnx'); None → () (the device's default)."""
+    """'eager, onnx:int8' → ('eager', 'onnx:int8'); None → () (the device's default).
+    A backend may carry a precision after a colon (fp32 when none)."""
     if text is None:
         return ()
-    from streamav.engines.base import BACKEND_NAMES
+    from streamav.engines.base import BACKEND_NAMES, PRECISIONS
 
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
     if not names:
         raise InputError("--backend is empty: give one or more of eager, onnx, compile, "
                          "tensorrt, auto (comma-separated)")
     for name in names:
-        if name != "auto" and name not in BACKEND_NAMES:
-            raise InputError(f"unknown backend {name!r}: choose from "
+        backend, _, precision = name.partition(":")
+        if backend != "auto" and backend not in BACKEND_NAMES:
+            raise InputError(f"unknown backend {backend!r}: choose from "
                              f"{', '.join(BACKEND_NAMES)} or auto")
+        if precision and precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r} in {name!r}: choose from "
+                             f"{', '.join(PRECISIONS)}")
     return names
 
 
@@ -106,7 +116,9 @@ def plan_backends(asked: tuple[str, ...], device: str) -> tuple[list[Planned], l
         parse_backends(",".join(asked))  # the names checked (for callers of the API too)
     notes: list[str] = []
     planned: list[Planned] = []
-    for name in asked or DEFAULT_BACKENDS[device]:
+    for entry in asked or DEFAULT_BACKENDS[device]:
+        name, _, precision = entry.partition(":")
+        precision = precision or "fp32"
         if name == "auto":
             chosen, why = resolve_backend("auto", device)
             notes.append(f"auto → {chosen} ({why})")
@@ -121,15 +133,16 @@ def plan_backends(asked: tuple[str, ...], device: str) -> tuple[list[Planned], l
                 notes.append(f"{name} skipped: {error}")
                 continue
             chosen, why = name, f"default on {device}"
-        if any(p.backend == chosen for p in planned):
-            notes.append(f"{chosen} listed twice: benchmarked once")
+        plan = Planned(chosen, why, precision)
+        if any(p.name == plan.name for p in planned):
+            notes.append(f"{plan.name} listed twice: benchmarked once")
             continue
-        planned.append(Planned(chosen, why))
-    if not any(p.backend == REFERENCE for p in planned):
+        planned.append(plan)
+    if not any(p.name == REFERENCE for p in planned):
         planned.insert(0, Planned(REFERENCE, "added: the reference of the speed-up ratios"))
         notes.append("eager added: it is the reference of the speed-up ratios")
     else:  # eager first: its numbers are the reference every other row is read against
-        planned.sort(key=lambda p: p.backend != REFERENCE)
+        planned.sort(key=lambda p: p.name != REFERENCE)
     return planned, notes
 
 
@@ -175,9 +188,7 @@ def _engine_folders(root: Path) -> set[str]:
 def _open(model, spec, cache, threads: int):
     from streamav.engines.registry import open_engine
 
-    if "threads" in inspect.signature(open_engine).parameters:
-        return open_engine(model, spec, cache, threads=threads)
-    return open_engine(model, spec, cache)  # pragma: no cover - an older engine layer
+    return open_engine(model, spec, cache, threads=threads)
 
 
 def _engine_facts(engine, threads: int) -> dict:
@@ -244,7 +255,7 @@ def run_step_bench(settings: StepSettings, console, progress: bool = True
 
     engines, results = [], []
     for plan in planned:
-        spec = EngineSpec(plan.backend, settings.device, "fp32", settings.batch)
+        spec = EngineSpec(plan.backend, settings.device, plan.precision, settings.batch)
         console.print(f"streamav bench: opening {spec.label} ...")
         before = _engine_folders(cache.root)
         started = time.perf_counter()
@@ -252,7 +263,7 @@ def run_step_bench(settings: StepSettings, console, progress: bool = True
         load_s = time.perf_counter() - started
         new = sorted(_engine_folders(cache.root) - before)
         engines.append(engine)
-        results.append({"backend": plan.backend, "why": plan.why,
+        results.append({"backend": plan.name, "why": plan.why,
                         "spec": dict(spec.as_dict(), label=spec.label),
                         "engine": _engine_facts(engine, threads),
                         "cold_start": {"load_s": round(load_s, 4),
@@ -326,7 +337,6 @@ def _rotation(k: int, t: int) -> list[int]:
 
 
 def _inputs_source(cache_root: Path) -> str:
-    from streamav.engines import registry
+    from streamav.engines.registry import frames_source
 
-    describe = getattr(registry, "_frames_source", None)
-    return describe(cache_root) if describe else "calibration recordings or the demo clip"
+    return frames_source()

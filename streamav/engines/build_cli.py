@@ -49,7 +49,8 @@ def build_engines(model_folder: Path | None, backends: list[str], device: str,
                   calibration: Path | None, force: bool, console: Console) -> list[dict]:
     """Build or load every engine asked for; returns their manifests."""
     from streamav.engines.registry import (CACHED_BACKENDS, build_or_load, check_backend,
-                                           engine_identity, resolve_backend, weights_sha256)
+                                           engine_identity, resolve_backend, uses_calibration,
+                                           weights_sha256)
     from streamav.model.io import load_model
     from streamav.model_stage import default_model_folder
 
@@ -72,7 +73,7 @@ def build_engines(model_folder: Path | None, backends: list[str], device: str,
                 spec = EngineSpec(backend, device, precision, batch)
                 if force:
                     calibration_hash = None
-                    if precision == "int8":
+                    if uses_calibration(spec):
                         from streamav.engines.calibration import load_calibration
 
                         calibration_hash = load_calibration(calibration).set_hash
@@ -88,20 +89,23 @@ def build_engines(model_folder: Path | None, backends: list[str], device: str,
 
 
 def print_engines(manifests: list[dict], console: Console) -> None:
-    table = Table(title="engines")
-    for column in ("engine", "state", "build s", "face max abs", "probs max abs",
-                   "emotion agree", "face PSNR dB", "p50 ms", "p99 ms", "folder"):
-        table.add_column(column)
+    table = Table(title="engines: parity against eager fp32 and step latency")
+    for column in ("engine", "", "build s", "face err", "probs err", "top agree", "face dB",
+                   "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column in ("engine", "") else "right")
     for m in manifests:
         identity, parity, latency = m["identity"], m.get("parity", {}), m.get("latency_ms", {})
         label = (f"{identity['backend']}/{identity['device']}/{identity['precision']}"
                  f"/b{identity['batch']}")
-        ok = parity.get("within_tolerance")
+        state = "built" if m.get("built_now") else "cached"
+        if not parity.get("within_tolerance"):
+            state += " OUTSIDE TOLERANCE"
         table.add_row(
-            label, "built" if m.get("built_now") else "cached", f"{m.get('build_s', 0):.1f}",
-            f"{parity['max_abs']['face_hat']:.2e}", f"{parity['max_abs']['emotion_probs']:.2e}",
+            label, state, f"{m.get('build_s', 0):.1f}",
+            f"{parity['max_abs']['face_hat']:.1e}", f"{parity['max_abs']['emotion_probs']:.1e}",
             f"{parity.get('emotion_agreement', float('nan')):.3f}",
             f"{parity.get('face_psnr_db_vs_reference', float('nan')):.1f}",
-            f"{latency.get('p50', float('nan')):.2f}", f"{latency.get('p99', float('nan')):.2f}",
-            Path(m["folder"]).name + ("" if ok else " (parity outside tolerance!)"))
+            f"{latency.get('p50', float('nan')):.2f}", f"{latency.get('p99', float('nan')):.2f}")
     console.print(table)
+    for m in manifests:
+        console.print(f"  {m['folder']}")

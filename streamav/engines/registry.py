@@ -1,7 +1,8 @@
 """Open an engine by name: `open_engine(model, EngineSpec(...))`, or pick one with `auto`.
 
     eager     PyTorch as written (the reference); CPU or CUDA; fp32 (fp16 on CUDA)
-    onnx      ONNX Runtime on the ONNX export of the step (cached in engines/); the CPU default
+    onnx      ONNX Runtime on the ONNX export of the step (cached in engines/); the CPU default;
+              fp32, or int8 (dynamic int8 quantization of the matrix products' weights)
     compile   torch.compile (inductor; CUDA graphs on CUDA); compiled at start
     tensorrt  torch-tensorrt on the exported step (cached in engines/); CUDA only; fp32, fp16,
               int8 (NVIDIA ModelOpt, calibrated on calibration/)
@@ -19,6 +20,7 @@ import hashlib
 import importlib.metadata as metadata
 import logging
 import platform
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +95,14 @@ def engine_identity(model: StreamingModel, spec: EngineSpec, weights_hash: str,
                                                        model.initial_state(spec.batch))}},
         "versions": {"streamav": package_version("streamav"), **library_versions(spec.backend)},
         **device_description(spec.device),
-        "calibration_sha256": calibration_hash if spec.precision == "int8" else None,
+        "calibration_sha256": calibration_hash if uses_calibration(spec) else None,
     }
+
+
+def uses_calibration(spec: EngineSpec) -> bool:
+    """TensorRT INT8 calibrates activations on the calibration set; ONNX Runtime's CPU int8
+    quantizes weights only (activations per step, dynamically) and needs none."""
+    return spec.precision == "int8" and spec.backend == "tensorrt"
 
 
 def check_backend(backend: str, device: str) -> None:
@@ -209,7 +217,7 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
         raise InputError(f"--backend {spec.backend} has nothing to build in engines/")
     cache = cache or EngineCache()
     calibration_set = None
-    if spec.precision == "int8":
+    if uses_calibration(spec):
         from streamav.engines.calibration import load_calibration
 
         calibration_set = load_calibration(calibration)
@@ -229,7 +237,15 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
         if spec.backend == "onnx":
             from streamav.engines.export import export_step, write_onnx
 
-            write_onnx(export_step(model, spec.batch), path)
+            program = export_step(model, spec.batch)
+            if spec.precision == "int8":
+                from streamav.engines.backends.onnx import quantize_weights_int8
+
+                with tempfile.TemporaryDirectory() as scratch:
+                    float_path = write_onnx(program, Path(scratch) / "step_fp32.onnx")
+                    quantize_weights_int8(float_path, path)
+            else:
+                write_onnx(program, path)
         else:
             from streamav.engines.backends.tensorrt import build_tensorrt
 
@@ -249,7 +265,7 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
                         "probs %.2e", spec.label, report["max_abs"]["face_hat"],
                         report["max_abs"]["emotion_probs"])
         return {"parity": dict(report, tolerances=parity.TOLERANCES[spec.precision],
-                               within_tolerance=ok, frames_source=_frames_source(cache.root)),
+                               within_tolerance=ok, frames_source=frames_source()),
                 "latency_ms": parity.latency_summary(ran["step_ms"]),
                 "eager_latency_ms": parity.latency_summary(reference["step_ms"]),
                 "calibration": (None if calibration_set is None else
@@ -262,7 +278,8 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
     return built
 
 
-def _frames_source(cache_root: Path) -> str:
+def frames_source() -> str:
+    """Where `reference_frames` takes its real frames from."""
     from streamav.engines.calibration import default_calibration_file
 
     return ("calibration/calibration.json" if default_calibration_file().is_file()

@@ -1,5 +1,8 @@
 """ONNX Runtime: the CPU default (CUDA and TensorRT execution providers where installed).
 
+fp32 runs the export as it is; int8 runs it with the weights of its matrix products quantized
+to int8 (`quantize_weights_int8`), the fastest CPU engine (docs/engines.md has the numbers).
+
 The engine file is the ONNX export of the step (`streamav.engines.export.write_onnx`); this
 module only runs it. Inputs and the state go in as numpy views of the torch tensors (no copy on
 CPU) and the outputs come back as torch tensors sharing ONNX Runtime's buffers.
@@ -7,6 +10,7 @@ CPU) and the outputs come back as torch tensors sharing ONNX Runtime's buffers.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -52,8 +56,8 @@ def default_threads() -> int:
 class OnnxEngine(StepEngine):
     def __init__(self, spec: EngineSpec, model: StreamingModel, onnx_path: Path,
                  threads: int | None = None, spinning: bool = False) -> None:
-        if spec.precision != "fp32":
-            raise InputError("--backend onnx builds fp32 engines; fp16/int8 are for tensorrt")
+        if spec.precision not in ("fp32", "int8"):
+            raise InputError("--backend onnx builds fp32 or int8 engines; fp16 is for tensorrt")
         super().__init__(spec, model)
         ort = import_ort()
         options = ort.SessionOptions()
@@ -99,6 +103,25 @@ class OnnxEngine(StepEngine):
                    for v in binding.get_outputs()]
         n = len(OUTPUT_NAMES)
         return StepOutputs(*results[:n]), State(*results[n:])
+
+
+def quantize_weights_int8(float_path: Path, out_path: Path) -> Path:
+    """The int8 CPU engine: ONNX Runtime's dynamic quantization of the MatMul/Gemm weights
+    (signed int8, per tensor); activations are quantized on the fly each step, so no
+    calibration set is needed. Convolutions stay fp32. The matrix products of the MDVAE are
+    memory-bound at batch 1 (about 19 MB of fp32 weights per step), which int8 cuts by 4."""
+    import_ort()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's advice to pre-process, logged on the root
+    try:
+        quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
+    return Path(out_path)
 
 
 def _numpy(t: Tensor) -> np.ndarray:
