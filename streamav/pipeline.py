@@ -248,6 +248,8 @@ class LivePipeline:
         self.stats.latency.record_ns("publish", t_sent_ns - t_enqueue_ns)
         if topic == protocol.TOPIC_FACE:
             self.stats.latency.record_ns("capture_to_publish", t_sent_ns - t_capture_ns)
+        elif topic == protocol.TOPIC_EMOTION:
+            self.stats.latency.record_ns("capture_to_emotion", t_sent_ns - t_capture_ns)
 
     def _publish_model(self, messages: ModelMessages, t_capture_ns: int) -> None:
         publish = self.publisher.publish

@@ -21,7 +21,10 @@ from collections import deque
 from streamav.clock import NS_PER_S, now_ns
 from streamav.latency import LatencyHistogram, StageLatencies
 
-STAGES = ("decode", "queue", "face", "spectrum", "model", "publish", "capture_to_publish")
+# capture_to_publish: capture → the frame's `face` message sent; capture_to_emotion: capture →
+# its `emotion` message sent (the model's result; frames with a face and a model only).
+STAGES = ("decode", "queue", "face", "spectrum", "model", "publish", "capture_to_publish",
+          "capture_to_emotion")
 
 
 class RunStats:

@@ -24,7 +24,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 FRAMES, WARMUP = 40, 5
-STAGES = ("decode", "queue", "face", "spectrum", "model", "publish", "capture_to_publish")
+STAGES = ("decode", "queue", "face", "spectrum", "model", "publish", "capture_to_publish",
+          "capture_to_emotion")
 
 
 def tiny_config():
@@ -182,6 +183,7 @@ def test_pipeline_benchmark_on_the_demo_clip(step_run, tiny_model, engine_dir, t
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] * 1.01, stage
     assert offline["latency_ms"]["model"]["count"] == offline["faces_found"]
     assert offline["latency_ms"]["capture_to_publish"]["count"] == clip_frames
+    assert offline["latency_ms"]["capture_to_emotion"]["count"] == offline["faces_found"]
 
 
 def test_unknown_backend_is_exit_2_naming_the_valid_ones():
