@@ -34,8 +34,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           env=cli_env(), timeout=180, stdin=subprocess.DEVNULL)
 
 
-def test_live_publishes_every_model_topic(model_folder, endpoint):
-    require_shared_data()
+def _collect(endpoint: str, *args: str) -> dict[str, list]:
+    """Run `streamav live ARGS --publish endpoint` and gather its messages by topic."""
     from streamav.wire.protocol import decode
 
     context = zmq.Context.instance()
@@ -44,9 +44,7 @@ def test_live_publishes_every_model_topic(model_folder, endpoint):
     sub.setsockopt(zmq.RCVHWM, 100_000)
     sub.connect(endpoint)
     try:
-        result = _run("--video", str(CREMA_D_CLIPS[0]), "--no-preview", "--no-realtime",
-                      "--model", str(model_folder), "--noise", "occlude_mouth",
-                      "--publish", endpoint, "--control", "none")
+        result = _run(*args, "--publish", endpoint, "--control", "none")
         assert result.returncode == 0, result.stderr
         messages = []
         while sub.poll(1500):
@@ -56,6 +54,13 @@ def test_live_publishes_every_model_topic(model_folder, endpoint):
     by_topic: dict[str, list] = {}
     for message in messages:
         by_topic.setdefault(message.topic, []).append(message)
+    return by_topic
+
+
+def test_live_publishes_every_model_topic(model_folder, endpoint):
+    require_shared_data()
+    by_topic = _collect(endpoint, "--video", str(CREMA_D_CLIPS[0]), "--no-preview",
+                        "--no-realtime", "--model", str(model_folder), "--noise", "occlude_mouth")
     assert set(MODEL_TOPICS) <= set(by_topic), sorted(by_topic)
     n_faces = sum(m.payload["found"] for m in by_topic["face"])
     assert len(by_topic["emotion"]) >= n_faces - 5  # one per frame with a face
@@ -77,6 +82,29 @@ def test_live_publishes_every_model_topic(model_folder, endpoint):
     assert frames <= {m.payload["frame_seq"] for m in by_topic["face"] if m.payload["found"]}
     final = [m for m in by_topic["stats"] if m.payload["final"]][0].payload
     assert final["latency_ms"]["model"]["p50"] > 0 and final["nonfinite_frames"] == 0
+    assert final["model_engine"] == "onnx/cpu/fp32/b1"  # auto on a CPU
+
+
+def test_live_on_onnx_publishes_what_eager_does(model_folder):
+    """The same clip, every frame, through the live path on two backends: the emotion and the
+    latents of every frame agree (the fp32 tolerance), the engine is named in the stats."""
+    from conftest import free_tcp_port
+
+    require_shared_data()
+    runs = {}
+    for backend in ("eager", "onnx"):
+        by_topic = _collect(f"tcp://127.0.0.1:{free_tcp_port()}", "--video",
+                            str(CREMA_D_CLIPS[1]), "--no-preview", "--no-realtime", "--model",
+                            str(model_folder), "--backend", backend)
+        final = [m for m in by_topic["stats"] if m.payload["final"]][0].payload
+        assert final["model_engine"] == f"{backend}/cpu/fp32/b1"
+        runs[backend] = {m.payload["frame_seq"]: m.payload for m in by_topic["emotion"]}, {
+            m.payload["frame_seq"]: m.payload for m in by_topic["latent"]}
+    (eager_emotion, eager_latent), (onnx_emotion, onnx_latent) = runs["eager"], runs["onnx"]
+    assert len(eager_emotion) > 50 and eager_emotion.keys() == onnx_emotion.keys()
+    for seq in eager_emotion:
+        assert np.abs(np.subtract(eager_emotion[seq]["probs"], onnx_emotion[seq]["probs"])).max() <= 1e-4
+        assert np.abs(np.subtract(eager_latent[seq]["w"], onnx_latent[seq]["w"])).max() <= 1e-4
 
 
 def test_bad_model_folder_and_noise_are_one_line(tmp_path, endpoint):
