@@ -32,6 +32,18 @@ def _engine_dir(tmp_path_factory):
         os.environ["STREAMAV_ENGINE_DIR"] = previous
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One PyTorch intra-op thread for the test (as `streamav train`/`eval` and the live model
+    stage run): these small ops only lose to thread hand-offs on a shared 2-core CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def require_shared_data() -> None:
     if not CREMA_D_CLIPS or not OBAMA.exists():
         pytest.skip(f"the real clips are not at {SHARED_DATA} (CI puts ../shared beside the repo)")

@@ -31,12 +31,7 @@ from streamav.model.io import save_model  # noqa: E402
 from streamav.model.streaming import StreamingModel  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed: int = 0) -> StreamingModel:

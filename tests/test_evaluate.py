@@ -29,13 +29,7 @@ PSNR_KEYS = ("noisy_db", "av_db", "v_only_db", "recon_psnr_db", "visual_psnr_db"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """As `streamav eval` runs by default: one thread is much faster on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

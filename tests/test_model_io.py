@@ -17,13 +17,7 @@ from streamav.model.streaming import StreamingModel  # noqa: E402
 from streamav.model.synthetic import smooth_sequences  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small ops only lose to thread hand-offs on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

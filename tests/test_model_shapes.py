@@ -18,13 +18,7 @@ from streamav.model.vqvae import AudioVQVAE, VisualVQVAE  # noqa: E402
 PRESETS = ("paper", "default")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small ops only lose to thread hand-offs on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", PRESETS)

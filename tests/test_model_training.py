@@ -13,13 +13,7 @@ from streamav.model.vqvae import AudioVQVAE, VectorQuantizerEMA, VisualVQVAE  # 
 from streamav.model.synthetic import smooth_faces, smooth_sequences, smooth_spectra  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: small batches only lose to thread hand-offs on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(model: torch.nn.Module, loss_fn, steps: int, lr: float) -> list[float]:

@@ -16,37 +16,10 @@ import time
 from pathlib import Path
 
 from streamav.bench import SCHEMA
+from streamav.host import cpu_name, package_version, process_cores  # noqa: F401 (re-exported)
 
 VERSIONED_PACKAGES = ("streamav", "torch", "onnxruntime", "onnx", "onnxscript", "torch_tensorrt",
                       "tensorrt", "nvidia-modelopt", "numpy", "mediapipe", "av")
-
-
-def package_version(name: str) -> str | None:
-    import importlib.metadata as metadata
-
-    for candidate in (name, name.replace("_", "-")):
-        try:
-            return metadata.version(candidate)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def process_cores() -> int:
-    """The cores this process may run on (its affinity), not every core of the machine."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def memory_gb() -> float | None:

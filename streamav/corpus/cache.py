@@ -39,6 +39,7 @@ from streamav.corpus.index import SYNTH_TRACE_NAMES, ClipRecord, CorpusIndex, in
 from streamav.corpus.labels import EMOTIONS, SPLITS, emotion_index
 from streamav.errors import InputError
 from streamav.frontend.features import FEATURE_KEYS
+from streamav.host import file_sha256  # noqa: F401 (re-exported)
 
 CACHE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -250,12 +251,6 @@ def _reused(job: ClipJob) -> ClipOutcome:
 # -- source hashes ---------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stat_key(path: Path) -> list[int]:

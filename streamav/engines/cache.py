@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from streamav.host import file_sha256
+
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
@@ -55,14 +57,6 @@ def identity_key(identity: dict) -> str:
     """sha256 of the identity's canonical JSON (sorted keys), 16 hex digits."""
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

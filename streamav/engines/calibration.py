@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamav.engines.cache import file_sha256
 from streamav.errors import InputError
+from streamav.host import file_sha256
 
 FORMAT = "streamav-calibration"
 VIDEO_SUFFIXES = (".flv", ".mp4", ".mkv", ".mov", ".avi", ".webm")

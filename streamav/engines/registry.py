@@ -17,9 +17,7 @@ CUDA: tensorrt, compile, onnx, eager; it logs which one and why.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as metadata
 import logging
-import platform
 import tempfile
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torch
 from streamav.engines.base import BACKEND_NAMES, EngineSpec, StepEngine
 from streamav.engines.cache import CachedEngine, EngineCache
 from streamav.errors import DeviceError, InputError, MissingDependencyError, StreamavError
+from streamav.host import cpu_name, package_version
 from streamav.model.streaming import EXPORT_INPUT_NAMES, StreamingModel
 
 log = logging.getLogger(__name__)
@@ -38,13 +37,6 @@ CACHED_BACKENDS = ("onnx", "tensorrt")
 ENGINE_FILE = {"onnx": "step.onnx", "tensorrt": "step.ep"}
 EXPORT_FORMAT = 1  # bump when the exported step's signature or export path changes
 PARITY_FRAMES = 300
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def weights_sha256(model: StreamingModel) -> str:
@@ -65,15 +57,7 @@ def device_description(device: str) -> dict:
             raise DeviceError("--device cuda: no CUDA GPU is visible to PyTorch here")
         props = torch.cuda.get_device_properties(0)
         return {"device_name": props.name, "compute_capability": f"{props.major}.{props.minor}"}
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"device_name": name, "compute_capability": None}
+    return {"device_name": cpu_name(), "compute_capability": None}
 
 
 def library_versions(backend: str) -> dict:

@@ -9,7 +9,6 @@ does not parse, weights whose hash, names or shapes do not match. Never pickle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from streamav.errors import InputError, MissingDependencyError
+from streamav.host import file_sha256 as _sha256
 from streamav.model.config import ModelConfig
 from streamav.model.streaming import StreamingModel
 
@@ -42,12 +42,6 @@ def _safetensors() -> Any:
     return st
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

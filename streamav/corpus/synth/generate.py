@@ -16,7 +16,6 @@ give byte-identical files whatever the number of workers.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import multiprocessing
 import shutil
@@ -35,6 +34,7 @@ from streamav.corpus.synth.identities import (
     FRAME_SIZE_PX, Identity, SpeakerPlan, build_identities, plan_speakers)
 from streamav.corpus.synth.voice import check_tools, tool_versions
 from streamav.errors import InputError
+from streamav.host import file_sha256 as _sha256
 
 LABEL_COLUMNS = ("clip", "speaker", "sentence", "emotion", "intensity", "split",
                  "identity_kind", "source", "gender", "voice", "text", "n_frames", "duration_s")
@@ -133,12 +133,6 @@ def _run_clip(task: tuple[ClipSpec, bool]) -> ClipResult:
                      keep_still=keep_still)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _library_versions() -> dict[str, str]:

@@ -11,7 +11,6 @@ CPU) and the outputs come back as torch tensors sharing ONNX Runtime's buffers.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from streamav.engines.base import EngineSpec, StepEngine
 from streamav.errors import InputError, MissingDependencyError
+from streamav.host import process_cores
 from streamav.model.streaming import (EXPORT_INPUT_NAMES, OUTPUT_NAMES, State, StepOutputs,
                                       StreamingModel)
 
@@ -47,12 +47,6 @@ def providers_for(device: str) -> list[str]:
     return chosen
 
 
-def default_threads() -> int:
-    """Intra-op threads: every core the process may use (2 on the CI machine)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)
-
-
 class OnnxEngine(StepEngine):
     def __init__(self, spec: EngineSpec, model: StreamingModel, onnx_path: Path,
                  threads: int | None = None, spinning: bool = False) -> None:
@@ -61,7 +55,7 @@ class OnnxEngine(StepEngine):
         super().__init__(spec, model)
         ort = import_ort()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
+        options.intra_op_num_threads = threads or process_cores()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
