@@ -44,6 +44,27 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+TINY_PRESET = "tiny-test"
+
+
+def tiny_config():
+    """The default preset's architecture with every width divided by 4 to 16: for tests that
+    check the machinery (evaluation, engines, benchmarks), not the model, on 2 shared cores."""
+    from streamav.model.config import (AudioVQVAEConfig, MDVAEConfig, ModelConfig,
+                                       VisualVQVAEConfig)
+
+    return ModelConfig(
+        preset=TINY_PRESET,
+        audio=AudioVQVAEConfig(channels=(4, 8, 8), residual_hidden=4, code_dim=2, n_codes=16),
+        visual=VisualVQVAEConfig(channels=(8, 8, 8, 8), residual_blocks=1, residual_hidden=4,
+                                 code_dim=4, n_codes=32),
+        mdvae=MDVAEConfig(audio_dim=128, visual_dim=256, w_dim=16, z_av_dim=4, z_a_dim=2,
+                          z_v_dim=2, gru_hidden=16, visual_feature_hidden=(64, 32),
+                          posterior_hidden=(32, 16), prior_hidden=16,
+                          audio_decoder_hidden=(32, 64), visual_decoder_hidden=(64, 128),
+                          w_evidence_hidden=32))
+
+
 def require_shared_data() -> None:
     if not CREMA_D_CLIPS or not OBAMA.exists():
         pytest.skip(f"the real clips are not at {SHARED_DATA} (CI puts ../shared beside the repo)")

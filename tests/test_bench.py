@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, streamav_command
+from conftest import cli_env, streamav_command, tiny_config
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -26,24 +26,6 @@ pytest.importorskip("onnxruntime")
 FRAMES, WARMUP = 40, 5
 STAGES = ("decode", "queue", "face", "spectrum", "model", "publish", "capture_to_publish",
           "capture_to_emotion")
-
-
-def tiny_config():
-    """The default preset's architecture with every width cut to a few units (as in
-    test_evaluate): the tests check the benchmark, not the model."""
-    from streamav.model.config import (AudioVQVAEConfig, MDVAEConfig, ModelConfig,
-                                       VisualVQVAEConfig)
-
-    return ModelConfig(
-        preset="tiny-test",
-        audio=AudioVQVAEConfig(channels=(4, 8, 8), residual_hidden=4, code_dim=2, n_codes=16),
-        visual=VisualVQVAEConfig(channels=(8, 8, 8, 8), residual_blocks=1, residual_hidden=4,
-                                 code_dim=4, n_codes=32),
-        mdvae=MDVAEConfig(audio_dim=128, visual_dim=256, w_dim=16, z_av_dim=4, z_a_dim=2,
-                          z_v_dim=2, gru_hidden=16, visual_feature_hidden=(64, 32),
-                          posterior_hidden=(32, 16), prior_hidden=16,
-                          audio_decoder_hidden=(32, 64), visual_decoder_hidden=(64, 128),
-                          w_evidence_hidden=32))
 
 
 def invoke(*args: str) -> int:

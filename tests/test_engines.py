@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import cli_env, streamav_command
+from conftest import cli_env, streamav_command, tiny_config
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -26,7 +26,6 @@ from streamav.engines.cache import identity_key  # noqa: E402
 from streamav.engines.registry import (build_or_load, engine_identity,  # noqa: E402
                                        reference_frames, resolve_backend, weights_sha256)
 from streamav.errors import DeviceError, InputError, MissingDependencyError  # noqa: E402
-from streamav.model.config import preset  # noqa: E402
 from streamav.model.io import save_model  # noqa: E402
 from streamav.model.streaming import StreamingModel  # noqa: E402
 
@@ -35,8 +34,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seed: int = 0) -> StreamingModel:
+    """A small model of the default architecture (the cache and the export are under test)."""
     torch.manual_seed(seed)
-    return StreamingModel(preset("default")).eval()
+    return StreamingModel(tiny_config()).eval()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import CREMA_D_CLIPS, cli_env, require_shared_data, streamav_command
+from conftest import (CREMA_D_CLIPS, TINY_PRESET, cli_env, require_shared_data, streamav_command,
+                      tiny_config)
 
 torch = pytest.importorskip("torch")
 
@@ -46,25 +47,6 @@ def cache(tmp_path_factory):
     return out
 
 
-TINY_PRESET = "tiny-test"
-
-
-def tiny_config():
-    """Every width of the default preset divided by 4 to 16 (same architecture): the tests
-    check the evaluation, not the model, on 2 shared CPU cores."""
-    from streamav.model.config import (AudioVQVAEConfig, MDVAEConfig, ModelConfig,
-                                       VisualVQVAEConfig)
-
-    return ModelConfig(
-        preset=TINY_PRESET,
-        audio=AudioVQVAEConfig(channels=(4, 8, 8), residual_hidden=4, code_dim=2, n_codes=16),
-        visual=VisualVQVAEConfig(channels=(8, 8, 8, 8), residual_blocks=1, residual_hidden=4,
-                                 code_dim=4, n_codes=32),
-        mdvae=MDVAEConfig(audio_dim=128, visual_dim=256, w_dim=16, z_av_dim=4, z_a_dim=2,
-                          z_v_dim=2, gru_hidden=16, visual_feature_hidden=(64, 32),
-                          posterior_hidden=(32, 16), prior_hidden=16,
-                          audio_decoder_hidden=(32, 64), visual_decoder_hidden=(64, 128),
-                          w_evidence_hidden=32))
 
 
 @pytest.fixture(scope="module")
