@@ -98,6 +98,9 @@ def main() -> int:
     parser.add_argument("--sentences-used", type=int, default=None)
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every stage's steps (0.1 for a quick smoke run)")
+    parser.add_argument("--mdvae-steps", type=int, default=None,
+                        help="MDVAE steps (default: 1500 x --steps-scale); a larger number on a "
+                             "finished run trains the MDVAE on from its checkpoint")
     parser.add_argument("--mdvae-window", type=int, default=30,
                         help="frames per MDVAE training window (clips are ~3 s = 90 frames)")
     parser.add_argument("--install", action="store_true",
@@ -123,8 +126,11 @@ def main() -> int:
           "--out", str(work / "cache_crema"))
     model = work / "model"
     for stage, steps in STAGE_STEPS.items():
+        steps = max(10, int(steps * args.steps_scale))
+        if stage == "mdvae" and args.mdvae_steps is not None:
+            steps = args.mdvae_steps
         timed(stage, "train", stage, "--cache", str(work / "cache"), "--out", str(model),
-              "--steps", str(max(10, int(steps * args.steps_scale))), "--seed", str(args.seed),
+              "--steps", str(steps), "--seed", str(args.seed),
               "--threads", "1",
               *(["--window-frames", str(args.mdvae_window)] if stage == "mdvae" else []))
     timed("emotion", "train", "emotion", "--cache", str(work / "cache"), "--out", str(model))
