@@ -119,7 +119,9 @@ def live(
     typer.echo(
         f"streamav: {final['frames']} frames in {final['elapsed_s']:.1f} s "
         f"({final['fps']:.1f} fps), face found on {final['faces_found']}, "
-        f"{final['dropped_frames']} dropped; stopped: {summary.stop_reason}", err=True)
+        f"{final['dropped_frames']} dropped"
+        + (f"; model on {final['model_engine']}" if final.get("model_engine") else "")
+        + f"; stopped: {summary.stop_reason}", err=True)
 
 
 @app.command()

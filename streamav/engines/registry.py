@@ -215,8 +215,9 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
     def build(folder: Path) -> dict:
         from streamav.engines import parity
 
-        log.info("engine %s: building in %s (once per model and environment)", spec.label,
-                 cache.root)
+        # Shown by default: the first run of a model on a machine pauses here (15-30 s on 2 cores).
+        log.warning("engine %s: not built for this model and environment yet; building it once "
+                    "into %s", spec.label, cache.root)
         path = folder / ENGINE_FILE[spec.backend]
         if spec.backend == "onnx":
             from streamav.engines.export import export_step, write_onnx
