@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from streamav.errors import InputError
 from streamav.model.streaming import State, StepOutputs, StreamingModel
 
 BACKEND_NAMES: tuple[str, ...] = ("eager", "onnx", "compile", "tensorrt")
@@ -37,8 +38,6 @@ class EngineSpec:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        from streamav.errors import InputError
-
         if self.backend not in BACKEND_NAMES:
             raise InputError(f"unknown backend {self.backend!r}: choose from "
                              f"{', '.join(BACKEND_NAMES)} or auto")
@@ -87,5 +86,3 @@ class StepEngine(ABC):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, spectrum: Tensor, face: Tensor, state: State) -> tuple[StepOutputs, State]:
-        return self.step(spectrum, face, state)

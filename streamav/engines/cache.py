@@ -118,16 +118,6 @@ class EngineCache:
                 return f"{name} does not match its sha256 (corrupt)"
         return None
 
-    def entries(self) -> list[dict]:
-        """Every readable manifest under the root (for `auto` and listings)."""
-        found = []
-        for path in sorted(self.root.glob(f"*/{MANIFEST_FILE}")):
-            try:
-                found.append(dict(json.loads(path.read_text()), folder=str(path.parent)))
-            except (OSError, json.JSONDecodeError):
-                continue
-        return found
-
     # -- building ---------------------------------------------------------------------------------
 
     @contextmanager
@@ -172,12 +162,3 @@ class EngineCache:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         return CachedEngine(target, manifest, True)
-
-    def update_manifest(self, engine: CachedEngine, **fields) -> CachedEngine:
-        """Add measured fields (e.g. latency) to an engine's manifest, atomically."""
-        manifest = dict(engine.manifest, **fields)
-        path = engine.folder / MANIFEST_FILE
-        tmp = path.with_name(f".{MANIFEST_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, path)
-        return CachedEngine(engine.folder, manifest, engine.built)

@@ -207,11 +207,6 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
         calibration_set = load_calibration(calibration)
     identity = engine_identity(model, spec, weights_hash or weights_sha256(model),
                                calibration_set.set_hash if calibration_set else None)
-    hit = cache.load(identity)
-    if hit is not None:
-        log.info("engine %s: loaded from %s", spec.label, hit.folder)
-        return hit
-
     def build(folder: Path) -> dict:
         from streamav.engines import parity
 
