@@ -51,7 +51,7 @@ def tiny_config():
     """The default preset's architecture with every width divided by 4 to 16: for tests that
     check the machinery (evaluation, engines, benchmarks), not the model, on 2 shared cores."""
     from streamav.model.config import (AudioVQVAEConfig, MDVAEConfig, ModelConfig,
-                                       VisualVQVAEConfig)
+                                       RefineConfig, VisualVQVAEConfig)
 
     return ModelConfig(
         preset=TINY_PRESET,
@@ -62,7 +62,8 @@ def tiny_config():
                           z_v_dim=2, gru_hidden=16, visual_feature_hidden=(64, 32),
                           posterior_hidden=(32, 16), prior_hidden=16,
                           audio_decoder_hidden=(32, 64), visual_decoder_hidden=(64, 128),
-                          w_evidence_hidden=32))
+                          w_evidence_hidden=32),
+        refine=RefineConfig(width=4, body_layers=1, up_width=4))
 
 
 def require_shared_data() -> None:

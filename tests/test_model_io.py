@@ -11,7 +11,7 @@ pytest.importorskip("safetensors")
 
 from streamav.errors import InputError  # noqa: E402
 from streamav.model.config import EmotionHeadConfig, preset, with_overrides  # noqa: E402
-from streamav.model.io import (CONFIG_FILE, WEIGHTS_FILE, ModelFolderError,  # noqa: E402
+from streamav.model.io import (CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelFolderError,  # noqa: E402
                                load_model, read_model_config, save_model)
 from streamav.model.streaming import StreamingModel  # noqa: E402
 from streamav.model.synthetic import smooth_sequences  # noqa: E402
@@ -48,7 +48,7 @@ def test_round_trip_gives_equal_outputs(model, folder):
     for x, y in zip((*a, *sa), (*b, *sb)):
         assert torch.equal(x, y)
     meta = json.loads((folder / CONFIG_FILE).read_text())
-    assert meta["format_version"] == 1 and meta["preset"] == "default"
+    assert meta["format_version"] == FORMAT_VERSION == 2 and meta["preset"] == "default"
     assert meta["labels"][0] == "angry" and len(meta["weights_sha256"]) == 64
     assert meta["extra"] == {"note": "test"}
     cfg, _ = read_model_config(folder)
@@ -102,8 +102,8 @@ def _edit_config(folder, edit) -> None:
 
 
 def test_other_format_version(folder):
-    _edit_config(folder, lambda m: m.update(format_version=2))
-    assert "format version 2" in _error(folder) and "version 1" in _error(folder)
+    _edit_config(folder, lambda m: m.update(format_version=1))  # before the identity path
+    assert "format version 1" in _error(folder) and "version 2" in _error(folder)
 
 
 def test_not_a_model_config(folder):

@@ -175,6 +175,27 @@ class EmotionHeadConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """The identity path (streamav/model/refine.py): causal running means of the input crop and a
+    gated fusion of the candidate faces (input, its blur, the means, VQ-VAE and MDVAE faces)."""
+
+    time_constants_s: tuple[float, ...] = (0.25, 1.5)  # one fast, one slow running mean
+    blur_sigma_px: float = 1.2
+    width: int = 32  # channels of the 32x32 gate network
+    body_layers: int = 2
+    up_width: int = 16  # channels brought back to 64x64
+    residual_scale: float = 0.1  # the residual is residual_scale * tanh(.)
+
+    def validate(self) -> None:
+        _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),
+               "refine time_constants_s must be one or more positive times")
+        _check(self.blur_sigma_px > 0, "refine blur_sigma_px must be positive")
+        _check(self.width >= 1 and self.up_width >= 1 and self.body_layers >= 0,
+               "refine width, up_width must be >= 1 and body_layers >= 0")
+        _check(self.residual_scale >= 0, "refine residual_scale must be >= 0")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The whole model: both VQ-VAEs, the MDVAE and the emotion head."""
 
@@ -183,8 +204,10 @@ class ModelConfig:
     visual: VisualVQVAEConfig = field(default_factory=VisualVQVAEConfig)
     mdvae: MDVAEConfig = field(default_factory=MDVAEConfig)
     emotion: EmotionHeadConfig = field(default_factory=EmotionHeadConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self) -> None:
+        self.refine.validate()
         self.audio.validate()
         self.visual.validate()
         self.mdvae.validate()
@@ -229,7 +252,8 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
-                              "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig}
+                              "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig,
+                              "refine": RefineConfig}
 
 
 def _common_vq_checks(cfg: Any) -> None:
@@ -281,6 +305,6 @@ def with_overrides(cfg: ModelConfig, **sections: Any) -> ModelConfig:
     return replace(cfg, **sections)
 
 
-__all__ = ["AudioVQVAEConfig", "VisualVQVAEConfig", "MDVAEConfig", "EmotionHeadConfig",
+__all__ = ["AudioVQVAEConfig", "VisualVQVAEConfig", "MDVAEConfig", "EmotionHeadConfig", "RefineConfig",
            "ModelConfig", "EMOTION_LABELS", "PRESETS", "preset", "paper_config",
            "default_config", "with_overrides", "conv_out_len"]

@@ -23,7 +23,7 @@ from streamav.model.config import ModelConfig
 from streamav.model.streaming import StreamingModel
 
 FORMAT_NAME = "streamav-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the identity path (refine) joined the step
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 

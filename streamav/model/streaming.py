@@ -24,15 +24,38 @@ from torch import Tensor, nn
 
 from streamav.model.config import EmotionHeadConfig, ModelConfig
 from streamav.model.mdvae import MDVAE, MDVAEState
+from streamav.model.refine import Refiner, RefineState
 from streamav.model.vqvae import AudioVQVAE, VisualVQVAE
 
-State = MDVAEState  # (h_av, h_a, h_v, w_mean, w_var), each (B, .)
+
+class State(NamedTuple):
+    """Everything a stream carries from one frame to the next (each tensor (B, ...))."""
+
+    h_av: Tensor  # (B, H) the MDVAE's GRU states
+    h_a: Tensor
+    h_v: Tensor
+    w_mean: Tensor  # (B, W) causal posterior of w
+    w_var: Tensor
+    face_means: Tensor  # (B, 3 n, 64, 64) the identity path's running means of the input crop
+    face_weights: Tensor  # (B, n) their weights
+
+    @property
+    def mdvae(self) -> MDVAEState:
+        return MDVAEState(self.h_av, self.h_a, self.h_v, self.w_mean, self.w_var)
+
+    @property
+    def refine(self) -> RefineState:
+        return RefineState(self.face_means, self.face_weights)
+
+    @classmethod
+    def join(cls, mdvae: MDVAEState, refine: RefineState) -> "State":
+        return cls(*mdvae, *refine)
 
 
 class StepOutputs(NamedTuple):
     """One frame's outputs for B streams (run_sequence: with a time axis, (B, T, ...))."""
 
-    face_hat: Tensor  # (B, 3, 64, 64) denoised face, -0.5..0.5
+    face_hat: Tensor  # (B, 3, 64, 64) denoised face, -0.5..0.5 (the identity path's fusion)
     spectrum_hat: Tensor  # (B, 513) reconstructed power spectrum (same units as the input)
     w_mean: Tensor  # (B, W) causal posterior mean of w
     w_var: Tensor  # (B, W) its variance
@@ -88,6 +111,7 @@ class StreamingModel(nn.Module):
         self.visual = VisualVQVAE(cfg.visual)
         self.mdvae = MDVAE(cfg.mdvae)
         self.emotion = EmotionHead(cfg.emotion, cfg.mdvae.w_dim)
+        self.refine = Refiner(cfg.refine, cfg.mdvae.frame_rate_hz)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -96,15 +120,17 @@ class StreamingModel(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> State:
         """The state of B fresh streams (what `reset` goes back to)."""
-        return self.mdvae.initial_state(batch, device, dtype)
+        return State.join(self.mdvae.initial_state(batch, device, dtype),
+                          self.refine.initial_state(batch, device, dtype))
 
     def reset(self, state: State, streams: Tensor | None = None) -> State:
         """A copy of `state` with the streams in the bool mask `streams` (B,) reset (all if None)."""
         fresh = self.initial_state(state.h_av.shape[0], state.h_av.device, state.h_av.dtype)
         if streams is None:
             return fresh
-        mask = streams.to(torch.bool)[:, None]
-        return State(*(torch.where(mask, f, s) for f, s in zip(fresh, state)))
+        mask = streams.to(torch.bool)
+        return State(*(torch.where(mask.reshape(-1, *[1] * (s.dim() - 1)), f, s)
+                       for f, s in zip(fresh, state)))
 
     # -- the step ---------------------------------------------------------------------------------
 
@@ -112,26 +138,42 @@ class StreamingModel(nn.Module):
         """spectrum (B, 513) power, face (B, 3, 64, 64) in -0.5..0.5 → (outputs, next state)."""
         x_a = self.audio.encode(spectrum)  # (B, 512)
         x_v = self.visual.encode(face)  # (B, 2048)
-        m, next_state = self.mdvae.step(x_a, x_v, state)
+        m, next_mdvae = self.mdvae.step(x_a, x_v, state.mdvae)
+        next_refine = self.refine.advance(face, state.refine)
         outputs = self._outputs(m.w_mean, m.w_var, m.z_av, m.z_a, m.z_v, m.x_a_hat, m.x_v_hat,
-                                self.audio.gain(spectrum))
-        return outputs, next_state
+                                self.audio.gain(spectrum), face, x_v, next_refine.face_means)
+        return outputs, State.join(next_mdvae, next_refine)
 
     def forward(self, spectrum: Tensor, face: Tensor, h_av: Tensor, h_a: Tensor, h_v: Tensor,
-                w_mean: Tensor, w_var: Tensor) -> tuple[Tensor, ...]:
+                w_mean: Tensor, w_var: Tensor, face_means: Tensor, face_weights: Tensor
+                ) -> tuple[Tensor, ...]:
         """`step` with flat tensors for export: returns (*OUTPUT_NAMES, *STATE_NAMES)."""
-        outputs, state = self.step(spectrum, face, State(h_av, h_a, h_v, w_mean, w_var))
+        outputs, state = self.step(spectrum, face, State(h_av, h_a, h_v, w_mean, w_var,
+                                                         face_means, face_weights))
         return (*outputs, *state)
 
-    def _outputs(self, w_mean: Tensor, w_var: Tensor, z_av: Tensor, z_a: Tensor, z_v: Tensor,
-                 x_a_hat: Tensor, x_v_hat: Tensor, gain: Tensor) -> StepOutputs:
-        """Decoders and head on any leading dims (B,) or (B, T)."""
+    def decoded_faces(self, x_v: Tensor, x_v_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """(…, 2048) each → the VQ-VAE's own face of the input and the MDVAE's face (…, 3, 64, 64)."""
         if self.snap_face_to_codebook:
             x_v_hat = self.visual.snap(x_v_hat)
-        face_hat = self.visual.decode(x_v_hat).clamp(-0.5, 0.5)
+        lead = x_v.shape[:-1]
+        both = self.visual.decode(torch.cat([x_v.reshape(-1, x_v.shape[-1]),
+                                             x_v_hat.reshape(-1, x_v.shape[-1])]))
+        vq_face, mdvae_face = both.clamp(-0.5, 0.5).chunk(2)
+        return vq_face.reshape(*lead, 3, 64, 64), mdvae_face.reshape(*lead, 3, 64, 64)
+
+    def _outputs(self, w_mean: Tensor, w_var: Tensor, z_av: Tensor, z_a: Tensor, z_v: Tensor,
+                 x_a_hat: Tensor, x_v_hat: Tensor, gain: Tensor, face: Tensor, x_v: Tensor,
+                 face_means: Tensor) -> StepOutputs:
+        """Decoders, the identity path's fusion and the head on any leading dims (B,) or (B, T)."""
+        vq_face, mdvae_face = self.decoded_faces(x_v, x_v_hat)
+        flat = (-1, 3, 64, 64)
+        face_hat = self.refine.fuse(face.reshape(flat),
+                                    face_means.reshape(-1, *face_means.shape[-3:]),
+                                    vq_face.reshape(flat), mdvae_face.reshape(flat))
         spectrum_hat = self.audio.decode(x_a_hat, gain)
-        return StepOutputs(face_hat, spectrum_hat, w_mean, w_var, z_av, z_a, z_v,
-                           self.emotion(w_mean))
+        return StepOutputs(face_hat.reshape(face.shape), spectrum_hat, w_mean, w_var, z_av, z_a,
+                           z_v, self.emotion(w_mean))
 
     # -- the whole-sequence path ------------------------------------------------------------------
 
@@ -150,10 +192,12 @@ class StreamingModel(nn.Module):
             spec, face = spectra[:, start:start + chunk_frames], faces[:, start:start + chunk_frames]
             x_a = self.audio.encode(spec)  # (B, t, 512), all frames at once
             x_v = self.visual.encode(face)  # (B, t, 2048)
-            seq = self.mdvae(x_a, x_v, state, sample=False)
+            seq = self.mdvae(x_a, x_v, state.mdvae, sample=False)
+            means, refine_state = self.refine.scan(face, state.refine)  # (B, t, 3n, 64, 64)
             parts.append(self._outputs(seq.w_mean, seq.w_var, seq.z_av, seq.z_a, seq.z_v,
-                                       seq.x_a_hat, seq.x_v_hat, self.audio.gain(spec)))
-            state = seq.state
+                                       seq.x_a_hat, seq.x_v_hat, self.audio.gain(spec), face,
+                                       x_v, means))
+            state = State.join(seq.state, refine_state)
         return StepOutputs(*(torch.cat(p, 1) for p in zip(*parts))), state
 
     # -- export -----------------------------------------------------------------------------------

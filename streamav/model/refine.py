@@ -1,0 +1,126 @@
+"""The identity path: the person's own causal running images, fused with the decoded faces.
+
+The MDVAE decodes a face from (z_v, w, z_av) through the VQ-VAE decoder. On a person it never
+saw, w lands near a training identity and the decoder paints that identity's skin, hair and
+background (measured: ~16-17 dB PSNR whatever the input). The pixels of the person in front of
+the camera are in the input itself, so the step keeps two causal running means of the input crop
+(the "identity path", O(1) per frame, state in and out):
+
+    weight_t = rho * weight_{t-1} + 1
+    mean_t   = mean_{t-1} + (x_t - mean_{t-1}) / weight_t      rho = exp(-1 / (tau * fps))
+
+(the exact mean of the frames so far while weight_t is small, an exponential moving average of
+time constant tau after that), one fast (tau 0.25 s: follows the head) and one slow (1.5 s:
+averages the noise of ~90 frames away).
+
+`Refiner` then predicts, per pixel, a convex blend of six candidate images plus a small residual:
+
+    candidates: x_t, blur(x_t), fast mean, slow mean, the VQ-VAE's own reconstruction of x_t,
+                the MDVAE's decoded face (the only one that knows the mouth from the voice)
+    face_hat = sum_k softmax(gates)_k * candidate_k + residual
+
+A clean input is passed through (x_t wins), noise is averaged away where the face is still (the
+running means) and smoothed where it moves, and an occluded mouth or eyes are filled from the
+MDVAE's face (the audio drives its lips through z_av). The gates are computed at 32x32 by three
+3x3 convolutions and brought back to 64x64 by a transposed convolution; the blend and the
+residual are full resolution. About 40 M MACs per frame (docs/model.md has the measurements that
+chose this design).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from streamav.model.config import RefineConfig
+
+
+
+class RefineState(NamedTuple):
+    """The identity path's state per stream."""
+
+    face_means: Tensor  # (B, 3 * n_means, 64, 64) running means of the input crop, -0.5..0.5
+    face_weights: Tensor  # (B, n_means) their accumulated weights (0: no frame yet)
+
+
+def gaussian_kernel(sigma_px: float) -> Tensor:
+    """(3, 1, k, k) depthwise Gaussian kernel, k = 2 * ceil(2 sigma) + 1, sums to 1."""
+    radius = max(1, math.ceil(2.0 * sigma_px))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (x / sigma_px) ** 2)
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(3, 1, -1, -1).contiguous()
+
+
+class Refiner(nn.Module):
+    """Running means of the input (state) + a gated fusion of the candidate faces."""
+
+    def __init__(self, cfg: RefineConfig, frame_rate_hz: float) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_means = len(cfg.time_constants_s)
+        decays = [math.exp(-1.0 / (tau * frame_rate_hz)) for tau in cfg.time_constants_s]
+        self.register_buffer("decays", torch.tensor(decays, dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("blur_kernel", gaussian_kernel(cfg.blur_sigma_px), persistent=False)
+        width, up = cfg.width, cfg.up_width
+        # candidates: x, blur(x), the means, VQ-VAE face, MDVAE face; the net reads all but blur(x)
+        self.n_candidates = 4 + self.n_means
+        n_in = 3 * (3 + self.n_means)
+        self.down = nn.Conv2d(n_in, width, 3, stride=2, padding=1)  # 64 → 32
+        self.body = nn.Sequential(*(layer for _ in range(cfg.body_layers) for layer in
+                                    (nn.ReLU(), nn.Conv2d(width, width, 3, padding=1))))
+        self.up = nn.ConvTranspose2d(width, up, 4, stride=2, padding=1)  # 32 → 64
+        self.head = nn.Conv2d(up + n_in, self.n_candidates + 3, 3, padding=1)
+        with torch.no_grad():  # start near a uniform blend with no residual
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> RefineState:
+        means = torch.zeros(batch, 3 * self.n_means, 64, 64, device=device, dtype=dtype)
+        return RefineState(means, torch.zeros(batch, self.n_means, device=device, dtype=dtype))
+
+    def advance(self, face: Tensor, state: RefineState) -> RefineState:
+        """face (B, 3, 64, 64) → the state after this frame (the running means include it)."""
+        weights = state.face_weights * self.decays + 1.0  # (B, n)
+        gain = (1.0 / weights).repeat_interleave(3, dim=1)[:, :, None, None]  # (B, 3n, 1, 1)
+        means = state.face_means + (face.repeat(1, self.n_means, 1, 1) - state.face_means) * gain
+        return RefineState(means, weights)
+
+    def scan(self, faces: Tensor, state: RefineState) -> tuple[Tensor, RefineState]:
+        """faces (B, T, 3, 64, 64) → the running means after each frame (B, T, 3n, 64, 64)."""
+        means = []
+        for t in range(faces.shape[1]):
+            state = self.advance(faces[:, t], state)
+            means.append(state.face_means)
+        return torch.stack(means, 1), state
+
+    # -- the fusion -------------------------------------------------------------------------------
+
+    def blur(self, face: Tensor) -> Tensor:
+        pad = self.blur_kernel.shape[-1] // 2
+        return F.conv2d(F.pad(face, (pad,) * 4, mode="replicate"), self.blur_kernel, groups=3)
+
+    def fuse(self, face: Tensor, means: Tensor, vq_face: Tensor, mdvae_face: Tensor) -> Tensor:
+        """Each (N, 3, 64, 64) (means (N, 3n, 64, 64)) → the refined face (N, 3, 64, 64)."""
+        inputs = torch.cat([face, means, vq_face, mdvae_face], 1)  # (N, 3 (3 + n), 64, 64)
+        hidden = self.up(F.relu(self.body(F.relu(self.down(inputs)))))  # (N, up, 64, 64)
+        head = self.head(torch.cat([F.relu(hidden), inputs], 1))  # (N, K + 3, 64, 64)
+        gates = torch.softmax(head[:, :self.n_candidates], dim=1)  # (N, K, 64, 64)
+        candidates = torch.stack([face, self.blur(face), *means.split(3, dim=1), vq_face,
+                                  mdvae_face], 1)  # (N, K, 3, 64, 64)
+        blend = (gates[:, :, None] * candidates).sum(1)
+        return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)
+
+    def forward(self, face: Tensor, state: RefineState, vq_face: Tensor, mdvae_face: Tensor
+                ) -> tuple[Tensor, RefineState]:
+        """One frame: (B, 3, 64, 64) each → (refined face, next state)."""
+        state = self.advance(face, state)
+        return self.fuse(face, state.face_means, vq_face, mdvae_face), state
