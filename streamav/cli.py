@@ -142,7 +142,7 @@ def subscribe(
 
 @app.command()
 def train(
-    stage: str = typer.Argument(..., help="vqvae-audio, vqvae-visual, mdvae or emotion."),
+    stage: str = typer.Argument(..., help="vqvae-audio, vqvae-visual, mdvae, refine or emotion."),
     cache: Path = typer.Option(..., help="Feature cache (streamav corpus cache)."),
     out: Path = typer.Option(..., help="Model folder: created, or updated stage by stage."),
     preset: str = typer.Option("default", help="Model preset for a new folder: default, paper."),
@@ -153,7 +153,7 @@ def train(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: int = typer.Option(1, help="PyTorch CPU threads."),
     window_frames: Optional[int] = typer.Option(
-        None, help="mdvae: frames per training window (default 30)."),
+        None, help="mdvae, refine: frames per training window (default 30, 48)."),
 ) -> None:
     """Train one stage of the model on a feature cache (resumes after a kill)."""
     from streamav.train.stages import train_stage
@@ -173,7 +173,11 @@ def eval_(
     plots: Optional[Path] = typer.Option(None, help="Write the PNGs into this folder."),
     seed: int = typer.Option(0, help="Seed of every random choice (same seed, same report)."),
     max_clips: int = typer.Option(300, help="At most this many clips of the split (0: all)."),
-    denoise_clips: int = typer.Option(8, help="Clips for the denoising metrics (0: skip)."),
+    denoise_clips: int = typer.Option(
+        12, help="Clips for the denoising metrics, spread over the speakers (0: skip)."),
+    identity_gallery: Optional[Path] = typer.Option(
+        None, help="A cache (e.g. the training cache) whose speakers' mean faces join the "
+                   "identity check of the denoised faces."),
     denoise_max_frames: int = typer.Option(150, help="First frames of each denoising clip."),
     draws: int = typer.Option(5, help="Seeded repetitions of the few-shot and identity splits."),
     k: list[int] = typer.Option([1, 5, 10], help="Few-shot sequences per class (repeatable)."),
@@ -197,7 +201,8 @@ def eval_(
     settings = EvalSettings(split=split, seed=seed, max_clips=max_clips or None,
                             denoise_clips=denoise_clips, denoise_max_frames=denoise_max_frames,
                             draws=draws, k_shots=tuple(k), fewshot_unit=fewshot_unit,
-                            within_actor=within_actor)
+                            within_actor=within_actor,
+                            identity_gallery=str(identity_gallery) if identity_gallery else None)
     report = evaluate(model, cache, settings, plots_dir=plots, progress=progress)
     if json_out is not None:
         write_report(report, json_out)

@@ -5,6 +5,9 @@
     mdvae         the MDVAE on 1 s windows of the frozen encoders' features; the visual input is
                   corrupted (DENOISE_CORRUPTIONS) on half the windows while the target stays
                   clean, so that it learns to denoise
+    refine        the identity path's fusion (streamav/model/refine.py) on windows of corrupted
+                  crops (REFINE_CORRUPTIONS, clean included) with the clean crop as target and
+                  the audio zeroed on a quarter of them, everything else frozen
     emotion       the emotion head on the causal w of the training clips (logistic regression)
 
 Each stage reads the model folder `--out` if it exists (the earlier stages' weights), trains its
@@ -30,7 +33,7 @@ from streamav.model.mdvae import mdvae_loss
 from streamav.model.streaming import StreamingModel
 from streamav.train.loop import LoopConfig, run_loop
 
-STAGES = ("vqvae-audio", "vqvae-visual", "mdvae", "emotion")
+STAGES = ("vqvae-audio", "vqvae-visual", "mdvae", "refine", "emotion")
 DENOISE_CORRUPTIONS = ("gaussian:0.1", "gaussian:0.2", "occlude_mouth", "occlude_eyes",
                        "lowlight", "blur", "jpeg:20")
 
@@ -47,7 +50,13 @@ DEFAULTS = {
     "vqvae-audio": StageSettings(steps=1500, batch_size=64, learning_rate=1e-3),
     "vqvae-visual": StageSettings(steps=2000, batch_size=32, learning_rate=1e-3),
     "mdvae": StageSettings(steps=1500, batch_size=8, learning_rate=5e-4, window_frames=30),
+    "refine": StageSettings(steps=1500, batch_size=4, learning_rate=1e-3, window_frames=48),
 }
+# What the identity path trains on, with their probabilities: what it meets live, clean included.
+# "gaussian" draws sigma uniformly in 0.02..0.3 per window, "blur" 0.8..2.5 px, "jpeg" 10..40.
+REFINE_CORRUPTIONS = {"clean": 0.15, "gaussian": 0.30, "lowlight": 0.08, "blur": 0.08,
+                      "jpeg": 0.09, "occlude_mouth": 0.15, "occlude_eyes": 0.15}
+REFINE_AUDIO_DROP = 0.25  # windows whose audio is zeroed (V-only: no microphone, or silence)
 
 
 def open_model(folder: Path, preset: str) -> StreamingModel:
@@ -125,6 +134,65 @@ def _corrupt_faces(faces: torch.Tensor, rng: np.random.Generator) -> torch.Tenso
     return torch.from_numpy(face_to_model(out))
 
 
+def refine_corruption(rng: np.random.Generator) -> str | None:
+    """One window's corruption spec for the refine stage (None: clean)."""
+    names = list(REFINE_CORRUPTIONS)
+    name = names[rng.choice(len(names), p=np.array(list(REFINE_CORRUPTIONS.values())))]
+    if name == "clean":
+        return None
+    if name == "gaussian":
+        return f"gaussian:{rng.uniform(0.02, 0.3):.3f}"
+    if name == "blur":
+        return f"blur:{rng.uniform(0.8, 2.5):.2f}"
+    if name == "jpeg":
+        return f"jpeg:{int(rng.integers(10, 41))}"
+    return name
+
+
+class _RefineWindows:
+    """Seeded windows for the refine stage: clean and corrupted faces, audio (zeroed at random)."""
+
+    def __init__(self, dataset: CacheWindowDataset, batch_size: int, seed: int,
+                 device: str) -> None:
+        if len(dataset) == 0:
+            raise InputError("the cache's training split has no usable windows")
+        self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, 7, step])
+        items = [self.dataset[int(i)] for i in rng.integers(len(self.dataset), size=self.batch_size)]
+        clean = torch.stack([item["face"] for item in items])  # (B, T, 3, 64, 64)
+        spectrum = torch.stack([item["spectrum"] for item in items])  # (B, T, 513)
+        crops = np.moveaxis(((clean.numpy() + 0.5) * 255.0 + 0.5).clip(0, 255).astype(np.uint8),
+                            -3, -1)
+        noisy = crops.copy()
+        for b in range(len(items)):
+            spec = refine_corruption(rng)
+            if spec is not None:
+                noisy[b] = parse_corruption(spec).apply(crops[b], rng)
+            if rng.random() < REFINE_AUDIO_DROP:
+                spectrum[b] = 0.0
+        return {"spectrum": spectrum.to(self.device), "face_clean": clean.to(self.device),
+                "face_input": torch.from_numpy(face_to_model(noisy)).to(self.device)}
+
+
+def refine_loss(model: StreamingModel, batch: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Squared error of the refined face against the clean crop; the rest of the model frozen."""
+    spectrum, face = batch["spectrum"], batch["face_input"]
+    with torch.no_grad():
+        x_a, x_v = model.audio.encode(spectrum), model.visual.encode(face)
+        seq = model.mdvae(x_a, x_v, sample=False)
+        vq_face, mdvae_face = model.decoded_faces(x_v, seq.x_v_hat)
+        B = face.shape[0]
+        means, _ = model.refine.scan(face, model.refine.initial_state(B, face.device))
+    flat = (-1, 3, 64, 64)
+    refined = model.refine.fuse(face.reshape(flat), means.reshape(-1, *means.shape[-3:]),
+                                vq_face.reshape(flat), mdvae_face.reshape(flat))
+    mse = (refined - batch["face_clean"].reshape(flat)).pow(2).mean()
+    return mse, {"mse": mse.item(), "psnr_db": float(-10 * torch.log10(mse.detach()))}
+
+
 def train_stage(stage: str, cache: Path, out: Path, *, preset: str = "default",
                 steps: int | None = None, batch_size: int | None = None,
                 learning_rate: float | None = None, seed: int = 0, device: str = "cpu",
@@ -159,8 +227,8 @@ def _train_network(stage: str, model: StreamingModel, cache: Path, out: Path,
                    steps: int | None, batch_size: int | None, learning_rate: float | None,
                    seed: int, device: str, window_frames: int | None = None) -> dict:
     defaults = DEFAULTS[stage]
-    if window_frames is not None and (stage != "mdvae" or window_frames < 2):
-        raise InputError("--window-frames is for the mdvae stage, at least 2 frames")
+    if window_frames is not None and (stage not in ("mdvae", "refine") or window_frames < 2):
+        raise InputError("--window-frames is for the mdvae and refine stages, at least 2 frames")
     settings = StageSettings(steps or defaults.steps, batch_size or defaults.batch_size,
                              learning_rate or defaults.learning_rate,
                              window_frames or defaults.window_frames)
@@ -175,6 +243,14 @@ def _train_network(stage: str, model: StreamingModel, cache: Path, out: Path,
             result = part(batch["spectrum"].reshape(-1, batch["spectrum"].shape[-1]))
             return result.loss, {"is": result.is_loss.item(),
                                  "perplexity": result.vq.perplexity.item()}
+    elif stage == "refine":
+        part = model.refine
+        for frozen in (model.audio, model.visual, model.mdvae):
+            frozen.eval()
+        batches = _RefineWindows(dataset, settings.batch_size, seed, device)
+
+        def loss(batch):
+            return refine_loss(model, batch)
     elif stage == "vqvae-visual":
         part = model.visual
 
