@@ -358,3 +358,40 @@ def test_cli_index(tmp_path):
                          capture_output=True, text=True, env=cli_env(), timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "unknown corpus format" in bad.stderr
+
+
+def test_grid_layout_speaker_folders_and_loose_clips(tmp_path):
+    """GRID as the corpus lays it out (s{N}/{sentence}.mpg) and as loose sample clips: every
+    clip neutral read speech, the speaker from its folder or, loose, from its own name."""
+    from conftest import SHARED_DATA
+
+    grid = SHARED_DATA / "grid"
+    if not grid.is_dir():
+        pytest.skip("../shared/data/grid is not here")
+    loose = index_corpus(grid, "grid")
+    assert len(loose.clips) == 11 and not loose.problems
+    assert {c.emotion for c in loose.clips} == {"neutral"} and loose.format == "grid"
+    assert "grid-bbaf2n" in loose.speakers
+    for speaker, name in (("s1", "bbaf2n.mpg"), ("s1", "brbk7n.mpg"), ("s2", "lbax4n.mpg")):
+        (tmp_path / speaker).mkdir(exist_ok=True)
+        (tmp_path / speaker / name).symlink_to(grid / name)
+    laid_out = index_corpus(tmp_path, "grid")
+    assert laid_out.speakers == ["grid-s1", "grid-s2"]
+    assert sorted(c.clip_id for c in laid_out.clips) == ["s1_bbaf2n", "s1_brbk7n", "s2_lbax4n"]
+
+
+def test_folder_without_labels_is_unlabelled(tmp_path):
+    from streamav.corpus.labels import emotion_index, emotion_name
+
+    (tmp_path / "alice").mkdir()
+    for path in (tmp_path / "alice" / "a.mp4", tmp_path / "b.mkv"):
+        path.write_bytes(b"not empty")
+    (tmp_path / "notes.txt").write_text("ignored")
+    result = index_corpus(tmp_path, "folder")
+    assert sorted((c.clip_id, c.speaker, c.emotion) for c in result.clips) == [
+        ("alice_a", "alice", ""), ("b", "b", "")]
+    assert emotion_index("") == -1 and emotion_name(-1) == ""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no labels.csv and no video"):
+        index_corpus(empty, "folder")

@@ -10,7 +10,7 @@ import typer
 
 corpus_app = typer.Typer(help="Make, index and cache training corpora.", no_args_is_help=True)
 
-FORMATS = ("mead", "crema-d", "ravdess", "folder", "synth")
+FORMATS = ("mead", "crema-d", "ravdess", "grid", "folder", "synth")
 
 
 @corpus_app.command()

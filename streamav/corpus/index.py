@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from streamav.corpus.labels import (
-    CREMA_D_EMOTIONS, CREMA_D_LEVELS, EMOTIONS, RAVDESS_EMOTIONS, RAVDESS_INTENSITIES,
+    UNLABELLED, CREMA_D_EMOTIONS, CREMA_D_LEVELS, EMOTIONS, RAVDESS_EMOTIONS, RAVDESS_INTENSITIES,
     normalize_emotion, normalize_split, parse_intensity)
 from streamav.errors import InputError
 
-FORMATS: tuple[str, ...] = ("mead", "crema-d", "ravdess", "folder", "synth")
+FORMATS: tuple[str, ...] = ("mead", "crema-d", "ravdess", "grid", "folder", "synth")
 _FORMAT_ALIASES = {"cremad": "crema-d", "crema_d": "crema-d", "crema": "crema-d"}
 
-VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg",
+                                   ".mpeg")
 MEAD_AUDIO_SUFFIXES: tuple[str, ...] = (".m4a", ".wav", ".aac", ".mp3")
 
 # Per-frame ground-truth traces written by `streamav corpus synth` (ROOT/traces/{clip}.npz).
@@ -533,8 +534,38 @@ def _row_record(root: Path, found: _Collector, cell: dict[str, str], where: str,
                       traces_path=traces)
 
 
+def _index_grid(root: Path, found: _Collector) -> None:
+    """GRID (Cooke et al. 2006): `ROOT/s{N}/{sentence}.mpg` as the corpus lays it out (the speaker
+    is the folder), or loose clips in ROOT (each its own speaker, named after the clip). Every
+    GRID sentence is read in a neutral voice: emotion `neutral`, intensity unknown."""
+    for path in _media_files(root, VIDEO_SUFFIXES, recursive=True):
+        if _is_empty(path, found):
+            continue
+        relative = path.relative_to(root)
+        speaker = relative.parts[0] if len(relative.parts) > 1 else path.stem
+        found.clips.append(ClipRecord(
+            clip_id=safe_clip_id("_".join(relative.with_suffix("").parts)), video_path=path,
+            audio_path=None, speaker=f"grid-{safe_clip_id(speaker)}", emotion="neutral",
+            intensity=None, sentence=path.stem, corpus="grid"))
+
+
 def _index_folder(root: Path, found: _Collector) -> None:
-    """Any folder with a labels CSV (ROOT/labels.csv, or the only .csv in ROOT)."""
+    """Any folder with a labels CSV (ROOT/labels.csv, or the only .csv in ROOT); without one,
+    every video under ROOT, unlabelled (emotion ""), its speaker the first sub-folder of ROOT
+    it is in, else its own name: anyone's own clips, for the unsupervised measurements."""
+    if not (root / "labels.csv").is_file() and len(list(root.glob("*.csv"))) != 1:
+        for path in _media_files(root, VIDEO_SUFFIXES, recursive=True):
+            if _is_empty(path, found):
+                continue
+            relative = path.relative_to(root)
+            speaker = relative.parts[0] if len(relative.parts) > 1 else path.stem
+            found.clips.append(ClipRecord(
+                clip_id=safe_clip_id("_".join(relative.with_suffix("").parts)), video_path=path,
+                audio_path=None, speaker=safe_clip_id(speaker), emotion=UNLABELLED,
+                intensity=None, sentence=None, corpus="folder"))
+        if not found.clips:
+            raise InputError(f"{root} has no labels.csv and no video file")
+        return
     _index_table(root, found, resolve_video=lambda clip: _find_video(root, clip),
                  resolve_traces=lambda clip, cell: root / cell if cell else None)
 
@@ -549,5 +580,5 @@ def _index_synth(root: Path, found: _Collector) -> None:
 
 _INDEXERS: dict[str, Callable[[Path, _Collector], None]] = {
     "mead": _index_mead, "crema-d": _index_crema_d, "ravdess": _index_ravdess,
-    "folder": _index_folder, "synth": _index_synth,
+    "grid": _index_grid, "folder": _index_folder, "synth": _index_synth,
 }

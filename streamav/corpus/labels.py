@@ -72,9 +72,18 @@ def normalize_emotion(text: str) -> str | None:
     return _EMOTION_ALIASES.get(text.strip().lower())
 
 
+UNLABELLED = ""  # the emotion of a clip that has no label (an unlabelled folder corpus)
+
+
 def emotion_index(emotion: str) -> int:
-    """The emotion's class index (its position in EMOTIONS). Raises ValueError if not canonical."""
-    return EMOTIONS.index(emotion)
+    """The emotion's class index (its position in EMOTIONS), -1 for UNLABELLED. Raises
+    ValueError if not canonical."""
+    return -1 if emotion == UNLABELLED else EMOTIONS.index(emotion)
+
+
+def emotion_name(index: int) -> str:
+    """Inverse of `emotion_index`."""
+    return UNLABELLED if index < 0 else EMOTIONS[index]
 
 
 def parse_intensity(text: str) -> int | None:

@@ -37,6 +37,8 @@ def clip_w(model: StreamingModel, cache: Path, split: str, min_context_s: float 
     """(N, W) causal w means, (N,) emotion names, (N,) speakers of every usable frame."""
     ws, labels, speakers = [], [], []
     for clip in load_clips(cache, split):
+        if clip.emotion_index < 0:  # unlabelled: nothing to fit on
+            continue
         w = run_clip(model, clip.spectrum, clip.face_crop_rgb).w_mean.numpy()
         keep = np.arange(len(w)) >= int(min_context_s * clip.fps)
         keep &= clip.face_found
