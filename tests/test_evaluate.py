@@ -285,6 +285,13 @@ def test_evaluate_on_one_actor(cache, model_dir):
     assert 13.5 < denoise["corruptions"]["gaussian:0.2"]["noisy_db"] < 15.5
     assert denoise["corruptions"]["occlude_mouth"]["region"]["pixels"] > 100
     assert denoise["corruptions"]["gaussian:0.2"]["region"] is None
+    g02 = denoise["corruptions"]["gaussian:0.2"]
+    # the baselines on the same frames; the oracle blur + temporal mean beats blur alone
+    assert g02["noisy_db"] < g02["blur_db"] <= g02["blur_temporal_db"] < 40
+    assert g02["blur_sigma_px"] > 0 and g02["blur_temporal_tau_s"] > 0
+    assert 5 < g02["vq_db"] < 40 and 5 < denoise["clean"]["vq_db"] < 40
+    assert g02["av_minus_blur_temporal_db"] == round(g02["av_db"] - g02["blur_temporal_db"], 3)
+    assert not denoise["identity"]["available"]  # one person: nobody to confuse it with
     assert set(report["reconstruction"]["visual_psnr_db_by_context"]) == {
         "0-0.5s", "0.5-1s", "1-2s", "2s-end"}
     assert report["plots"] is None
@@ -381,3 +388,30 @@ def test_bad_inputs_are_input_errors(cache, model_dir, tmp_path):
     (broken / "model.safetensors").unlink()
     with pytest.raises(ModelFolderError, match="incomplete"):
         evaluate(broken, cache, EvalSettings(split="train"))
+
+
+def test_evaluate_an_unlabelled_folder_of_real_clips(model_dir, tmp_path):
+    """Anyone's own clips, no labels.csv: reconstruction and denoising are measured, identity is
+    checked across the two people, and the emotion measures say n/a instead of a score."""
+    from conftest import SHARED_DATA
+    from streamav.corpus.cache import build_cache
+    from streamav.evaluate import EvalSettings, evaluate
+
+    require_shared_data()
+    root = tmp_path / "mine"
+    for name in ("bbaf2n.mpg", "brbk7n.mpg"):
+        (root / name[:-4]).mkdir(parents=True)
+        (root / name[:-4] / name).symlink_to(SHARED_DATA / "grid" / name)
+    cache = tmp_path / "cache"
+    assert build_cache(root, "folder", cache, workers=0).failed == 0
+    report = evaluate(model_dir, cache, EvalSettings(split="all", **FAST))
+    assert report["cache"]["speakers_used"] == 2 and report["emotion"]["classes"] == []
+    assert report["emotion"]["chance"] is None
+    assert not report["emotion"]["fewshot_speaker_disjoint"]["available"]
+    assert "labelled emotion class" in report["emotion"]["fewshot_speaker_disjoint"]["reason"]
+    few = [t for t in report["targets"] if t["name"].startswith("fewshot")]
+    assert few and all(t["met"] is None for t in few)  # n/a, never "met"
+    identity = report["denoising"]["identity"]
+    assert identity["available"] and identity["people"] == 2
+    assert identity["by_corruption"]["clean"]["speakers"] == 2
+    assert 5 < report["audio_lsd_db"] < 30  # real speech, frames with audio only

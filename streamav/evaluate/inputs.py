@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from streamav.corpus.cache import load_manifest, memmap_shard
-from streamav.corpus.labels import EMOTIONS, normalize_split
+from streamav.corpus.labels import EMOTIONS, emotion_name, normalize_split
 from streamav.errors import InputError
 from streamav.model.io import load_model, read_model_config
 from streamav.model.streaming import StreamingModel
@@ -82,7 +82,7 @@ def list_clips(cache: str | Path, split: str) -> tuple[list[ClipRef], dict[str, 
             continue
         if float(clip.get("face_found_fraction", 1.0)) <= 0.0:
             continue
-        refs.append(ClipRef(clip["clip_id"], str(clip["speaker"]), EMOTIONS[int(clip["emotion_index"])],
+        refs.append(ClipRef(clip["clip_id"], str(clip["speaker"]), emotion_name(int(clip["emotion_index"])),
                             int(clip["emotion_index"]), cache / clip["shard"],
                             int(clip.get("n_frames", 0)), tuple(clip.get("trace_names") or ())))
     if not refs:

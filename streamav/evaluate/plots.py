@@ -54,14 +54,14 @@ def reconstruction_grid(rows: Sequence[dict], path: Path, title: str) -> Path:
 
 
 def denoising_grid(examples: Sequence[dict], path: Path, title: str,
-                   column_means: Sequence[float | None]) -> Path:
-    """examples: {"image": (4, 64, 64, 3) uint8 = clean | noisy | AV | V-only, "label"}."""
+                   column_means: Sequence[float | None], names: Sequence[str]) -> Path:
+    """examples: {"image": (C, 64, 64, 3) uint8, one column per name, "label"}."""
     plt = _pyplot()
-    names = ("clean", "noisy", "AV", "V-only (silence)")
-    fig, axes = plt.subplots(len(examples), 4, figsize=(5.2, 1.35 * len(examples) + 0.6),
+    n = len(names)
+    fig, axes = plt.subplots(len(examples), n, figsize=(1.3 * n, 1.35 * len(examples) + 0.6),
                              squeeze=False)
     for r, row in enumerate(examples):
-        for c in range(4):
+        for c in range(n):
             ax = axes[r, c]
             ax.imshow(row["image"][c])
             ax.set_xticks([])

@@ -29,7 +29,7 @@ import numpy as np
 
 from streamav.evaluate import plots
 from streamav.evaluate.batch import run_many
-from streamav.evaluate.denoise import denoising
+from streamav.evaluate.denoise import EXAMPLE_COLUMNS, denoising
 from streamav.evaluate.disentangle import disentanglement
 from streamav.evaluate.heads import (WSequence, fewshot_speaker_disjoint, fewshot_within_actor,
                                      identity_accuracy, readout_points, unavailable)
@@ -52,7 +52,7 @@ class EvalSettings:
     split: str = "test"
     seed: int = 0
     max_clips: int | None = 300  # clips of the split run for latents, heads, disentanglement
-    denoise_clips: int = 8  # clips for the denoising metrics (12 runs each)
+    denoise_clips: int = 12  # clips for the denoising metrics (12 runs each), spread over speakers
     denoise_max_frames: int = 150  # first frames of each of those clips (5 s at 30 fps)
     corruptions: tuple[str, ...] = EVAL_CORRUPTIONS
     k_shots: tuple[int, ...] = (1, 5, 10)
@@ -63,6 +63,7 @@ class EvalSettings:
     fewshot_unit: str = "auto"  # auto, clip or segment
     segment_s: float = 3.0
     within_actor: bool | None = None  # None: only when the split has a single speaker
+    identity_gallery: str | None = None  # a cache whose speakers' mean faces join the identity check
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -119,7 +120,7 @@ class _ClipResult:
     traces: dict[str, np.ndarray]
     emotion_probs: np.ndarray
     visual_psnr: np.ndarray  # (T,) per frame (all frames; scored where a face was found)
-    audio_lsd: np.ndarray  # (T,)
+    audio_lsd: np.ndarray  # (frames with audio,)
 
 
 CLIPS_PER_BATCH = 8
@@ -152,7 +153,9 @@ def _clip_result(ref: ClipRef, clip: ClipSequence, out: StepOutputs) -> _ClipRes
         {"z_av": out.z_av.numpy(), "z_v": out.z_v.numpy(), "z_a": out.z_a.numpy()},
         clip.traces, out.emotion_probs.numpy(),
         psnr_db(uint8_to_unit(clip.face_crop_rgb), recon),
-        log_spectral_distance_db(clip.spectrum, out.spectrum_hat.numpy()))
+        # frames with audio only: a clip without an audio track (all-zero spectra) has no LSD
+        log_spectral_distance_db(clip.spectrum, out.spectrum_hat.numpy())[
+            clip.spectrum.sum(axis=1) > 0])
 
 
 def _recon_example(ref: ClipRef, clip: ClipSequence, result: _ClipResult,
@@ -184,7 +187,7 @@ def _reconstruction(results: Sequence[_ClipResult], online_s: Sequence[float]) -
         by_context[name] = finite_or_none(values.mean(), 3) if values.size else None
     return {"visual_psnr_db": finite_or_none(psnr.mean(), 3),
             "visual_psnr_db_by_context": by_context,
-            "audio_lsd_db": finite_or_none(lsd.mean(), 3),
+            "audio_lsd_db": finite_or_none(lsd.mean(), 3) if lsd.size else None,
             "visual_frames": int(psnr.size), "audio_frames": int(lsd.size),
             "clips": len(results)}
 
@@ -279,17 +282,27 @@ def _get(tree: Any, *path: str) -> Any:
 
 
 def _targets(report: dict) -> list[dict]:
-    few = report["emotion"]["fewshot_speaker_disjoint"]
-    den = report["denoising"]["corruptions"] if report["denoising"].get("available") else {}
+    # One class (e.g. a folder of neutral clips): few-shot accuracy is 1 by construction: n/a.
+    few = report["emotion"]["fewshot_speaker_disjoint"] \
+        if len(report["emotion"]["classes"]) >= 2 else {}
+    denoise = report["denoising"]
+    den = denoise["corruptions"] if denoise.get("available") else {}
+    identity = _get(denoise, "identity", "by_corruption") or {}
     rows = [
         ("fewshot_k5_online_2s_accuracy", ">=", 0.85,
          _get(few, "by_k", "5", "accuracy", "online_2s", "mean")),
         ("fewshot_k5_gap_offline_minus_online_2s", "<=", 0.05,
          _get(few, "by_k", "5", "gap_offline_minus_online_2s")),
-        ("denoise_gaussian_0.2_av_minus_noisy_db", ">=", 8.0,
+        ("denoise_clean_av_db", ">=", 28.0, _get(denoise, "clean", "av_db")),
+        ("denoise_gaussian_0.2_av_minus_noisy_db", ">=", 10.0,
          _get(den, "gaussian:0.2", "av_minus_noisy_db")),
-        ("denoise_occlude_mouth_av_minus_v_only_db", ">=", 2.0,
-         _get(den, "occlude_mouth", "av_minus_v_only_db")),
+        ("denoise_gaussian_0.2_av_minus_blur_temporal_db", ">=", 0.0,
+         _get(den, "gaussian:0.2", "av_minus_blur_temporal_db")),
+        ("denoise_occlude_mouth_region_av_minus_v_only_db", ">=", 3.0,
+         _get(den, "occlude_mouth", "region", "av_minus_v_only_db")),
+        *((f"identity_kept_{key}_fraction", ">=", 1.0,
+           v["kept"] / v["speakers"] if v["speakers"] >= 2 else None)
+          for key, v in identity.items()),
         ("disentangle_mouth_z_av_over_z_v", ">=", 2.0,
          _get(report["disentanglement"], "mouth", "ratio_z_av_over_z_v")),
     ]
@@ -328,7 +341,7 @@ def evaluate(model_folder: str | Path, cache: str | Path,
     timing["latents"] = time.perf_counter() - t0
     classes = [e for e in cache_info["emotions_in_split"] if any(r.ref.emotion == e for r in results)]
     speakers = sorted({r.ref.speaker for r in results})
-    chance = 1.0 / len(classes)
+    chance = 1.0 / len(classes) if classes else None
     cache_info.update(clips_used=len(results), speakers_used=len(speakers),
                       frames_used=int(sum(len(r.w) for r in results)),
                       fps_median=finite_or_none(float(np.median([r.fps for r in results])), 3))
@@ -344,25 +357,32 @@ def evaluate(model_folder: str | Path, cache: str | Path,
         fewshot_seqs = _segments(model, refs, settings.segment_s, show)
     else:
         fewshot_seqs = clip_seqs
-    disjoint = fewshot_speaker_disjoint(
-        fewshot_seqs, classes, ks=settings.k_shots, draws=settings.draws,
-        online_s=settings.online_s, seed=settings.seed,
-        min_context_s=settings.head_min_context_s,
-        max_frames_per_sequence=settings.head_max_frames_per_sequence,
-        confusion_k=confusion_k, confusion_at=confusion_at)
-    disjoint.update(unit=unit, segment_s=settings.segment_s if unit == "segment" else None,
-                    sequences=len(fewshot_seqs))
-    run_within = settings.within_actor if settings.within_actor is not None else len(speakers) < 2
-    if run_within:
-        within = fewshot_within_actor(
-            _halves(model, refs, show), classes, online_s=settings.online_s,
+    if len(classes) < 2:  # unlabelled clips, or one emotion only: accuracy means nothing
+        reason = (f"the split has {len(classes)} labelled emotion class(es); few-shot accuracy "
+                  "needs at least 2")
+        disjoint = unavailable(reason, by_k=None, confusion=None, draws=settings.draws)
+        within = unavailable(reason, accuracy=None, confusion=None)
+    else:
+        disjoint = fewshot_speaker_disjoint(
+            fewshot_seqs, classes, ks=settings.k_shots, draws=settings.draws,
+            online_s=settings.online_s, seed=settings.seed,
             min_context_s=settings.head_min_context_s,
             max_frames_per_sequence=settings.head_max_frames_per_sequence,
-            confusion_at=confusion_at)
-    else:
-        within = unavailable(f"not run: the split has {len(speakers)} speakers and the "
-                             "speaker-disjoint protocol ran (settings.within_actor / "
-                             "--within-actor runs it too)", accuracy=None, confusion=None)
+            confusion_k=confusion_k, confusion_at=confusion_at)
+        disjoint.update(unit=unit, segment_s=settings.segment_s if unit == "segment" else None,
+                        sequences=len(fewshot_seqs))
+        run_within = (settings.within_actor if settings.within_actor is not None
+                      else len(speakers) < 2)
+        if run_within:
+            within = fewshot_within_actor(
+                _halves(model, refs, show), classes, online_s=settings.online_s,
+                min_context_s=settings.head_min_context_s,
+                max_frames_per_sequence=settings.head_max_frames_per_sequence,
+                confusion_at=confusion_at)
+        else:
+            within = unavailable(f"not run: the split has {len(speakers)} speakers and the "
+                                 "speaker-disjoint protocol ran (settings.within_actor / "
+                                 "--within-actor runs it too)", accuracy=None, confusion=None)
     emotion = {"classes": classes, "chance": chance,
                "readouts": [name for name, _ in readout_points(settings.online_s)],
                "fewshot_speaker_disjoint": disjoint, "within_actor": within,
@@ -377,12 +397,15 @@ def evaluate(model_folder: str | Path, cache: str | Path,
     timing["heads"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    denoise_refs = subsample(refs, settings.denoise_clips, settings.seed + 1)
+    denoise_refs = spread_over_speakers(refs, settings.denoise_clips, settings.seed + 1)
     if denoise_refs and settings.corruptions:
+        gallery = (speaker_mean_faces(settings.identity_gallery, settings.denoise_max_frames)
+                   if settings.identity_gallery else None)
         with show.task("denoising", len(denoise_refs)) as advance:
             section, denoise_examples = denoising(
                 model, [load_clip(r) for r in denoise_refs], settings.corruptions,
-                seed=settings.seed, max_frames=settings.denoise_max_frames, advance=advance)
+                seed=settings.seed, max_frames=settings.denoise_max_frames, advance=advance,
+                gallery=gallery)
         denoise = {"available": True, "reason": None, **section}
     else:
         denoise = unavailable("no clip or no corruption to measure (--denoise-clips 0)",
@@ -416,6 +439,38 @@ def evaluate(model_folder: str | Path, cache: str | Path,
     return report
 
 
+def spread_over_speakers(refs: Sequence[ClipRef], count: int, seed: int) -> list[ClipRef]:
+    """At most `count` clips, taken in turn from each speaker (seeded order within a speaker), so
+    that as many speakers as possible are measured; kept in manifest order."""
+    rng = np.random.default_rng([seed, 103])
+    by_speaker: dict[str, list[int]] = {}
+    for i, ref in enumerate(refs):
+        by_speaker.setdefault(ref.speaker, []).append(i)
+    queues = [list(rng.permutation(v)) for _, v in sorted(by_speaker.items())]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(int(queue.pop(0)))
+    return [refs[i] for i in sorted(chosen)]
+
+
+def speaker_mean_faces(cache: str | Path, max_frames: int, clips_per_speaker: int = 2
+                       ) -> dict[str, np.ndarray]:
+    """{speaker: mean clean face crop (64, 64, 3) 0..1} over the first clips of each speaker of a
+    cache (every split): the gallery of other people for the identity check."""
+    refs, _ = list_clips(cache, "all")
+    faces: dict[str, list[np.ndarray]] = {}
+    for ref in refs:
+        if len(faces.setdefault(ref.speaker, [])) < clips_per_speaker:
+            clip = load_clip(ref)
+            found = clip.face_found[:max_frames]
+            if found.any():
+                faces[ref.speaker].append(
+                    (clip.face_crop_rgb[:max_frames][found].astype(np.float32) / 255.0).mean(0))
+    return {k: np.mean(v, 0) for k, v in faces.items() if v}
+
+
 def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
 
@@ -433,9 +488,10 @@ def _write_plots(folder: Path, report: dict, recon_examples: list[dict],
         if not rows:
             continue
         entry = report["denoising"]["corruptions"][key]
-        means = [None, entry["noisy_db"], entry["av_db"], entry["v_only_db"]]
+        means = [None, entry["noisy_db"], entry["av_db"], entry["v_only_db"], entry["vq_db"], None]
         written["denoising"][key] = str(plots.denoising_grid(
-            rows, folder / f"denoise_{_safe_name(key)}.png", f"{key} — {tag}", means))
+            rows, folder / f"denoise_{_safe_name(key)}.png", f"{key} — {tag}", means,
+            EXAMPLE_COLUMNS))
     emotion = report["emotion"]
     disjoint, within = emotion["fewshot_speaker_disjoint"], emotion["within_actor"]
     source = ("speaker-disjoint", disjoint) if disjoint.get("confusion") else \
@@ -494,9 +550,19 @@ def print_summary(report: dict, console=None) -> None:
     table.add_row("visual recon PSNR", fmt(report["recon_psnr_db"], " dB"))
     table.add_row("audio LSD", fmt(report["audio_lsd_db"], " dB"))
     if report["denoising"].get("available"):
-        for key, e in report["denoising"]["corruptions"].items():
-            table.add_row(f"denoise {key}: noisy / AV / V-only",
-                          f"{fmt(e['noisy_db'])} / {fmt(e['av_db'])} / {fmt(e['v_only_db'])} dB")
+        den = report["denoising"]
+        table.add_row("denoise clean: AV / V-only / VQ-VAE",
+                      f"{fmt(den['clean']['av_db'])} / {fmt(den['clean']['v_only_db'])} / "
+                      f"{fmt(den['clean']['vq_db'])} dB")
+        for key, e in den["corruptions"].items():
+            table.add_row(f"denoise {key}: noisy / AV / V-only / VQ-VAE / blur / blur+mean",
+                          f"{fmt(e['noisy_db'])} / {fmt(e['av_db'])} / {fmt(e['v_only_db'])} / "
+                          f"{fmt(e['vq_db'])} / {fmt(e['blur_db'])} / "
+                          f"{fmt(e['blur_temporal_db'])} dB")
+            if e["region"]:
+                r = e["region"]
+                table.add_row("  inside the box: noisy / AV / V-only",
+                              f"{fmt(r['noisy_db'])} / {fmt(r['av_db'])} / {fmt(r['v_only_db'])} dB")
     emotion = report["emotion"]
     disjoint = emotion["fewshot_speaker_disjoint"]
     if disjoint.get("available"):
