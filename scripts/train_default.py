@@ -29,7 +29,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-STAGE_STEPS = {"vqvae-audio": 1500, "vqvae-visual": 2000, "mdvae": 1500}
+STAGE_STEPS = {"vqvae-audio": 1500, "vqvae-visual": 2000, "mdvae": 1500, "refine": 1500}
+FROM_EARLIER_MODEL = ("vqvae-audio", "vqvae-visual", "mdvae", "emotion")  # --init-from reuses
+# GRID (../shared/data/grid, CC BY 4.0): the sample clips' speakers (two clips are one man), and
+# the three speakers kept out of training for the real-face denoising check.
+GRID_SPEAKERS = {"id2_vcd_swwp2s": "pwij3p"}
+GRID_HELD_OUT = ("lbax4n", "lwbsza", "swiz3n")
 
 
 def run(*args: str) -> None:
@@ -79,11 +84,56 @@ def combined_corpus(synth: Path, out: Path, max_speakers: int | None,
             rows.append({"clip": row["clip"], "path": str(SHARED / "crema-d" / f"{row['clip']}.flv"),
                          "speaker": f"cremad-{row['actor']}", "emotion": row["emotion"],
                          "intensity": "", "split": "train", "traces": ""})
+    rows += grid_rows(held_out=False)
+    _write_labels(out, rows)
+    return out
+
+
+def grid_rows(held_out: bool) -> list[dict]:
+    """The GRID sample clips of ../shared/data/grid (neutral read speech), training or held out."""
+    rows = []
+    for path in sorted((SHARED / "grid").glob("*.mpg")):
+        speaker = GRID_SPEAKERS.get(path.stem, path.stem)
+        if (speaker in GRID_HELD_OUT) == held_out:
+            rows.append({"clip": f"grid_{path.stem}", "path": str(path), "speaker": f"grid-{speaker}",
+                         "emotion": "neutral", "intensity": "",
+                         "split": "test" if held_out else "train", "traces": ""})
+    return rows
+
+
+def _write_labels(out: Path, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / "labels.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return out
+
+
+def init_from(earlier: Path, model: Path) -> None:
+    """Start the model folder from an earlier model's trained stages (any format version): its
+    VQ-VAEs, MDVAE and emotion head; the parts it lacks (the identity path) start fresh."""
+    from dataclasses import asdict
+
+    from safetensors.torch import load_file
+
+    from streamav.model.config import ModelConfig, RefineConfig
+    from streamav.model.io import save_model
+    from streamav.model.streaming import StreamingModel
+
+    meta = json.loads((earlier / "config.json").read_text())
+    config = dict(meta["model"])
+    config.setdefault("refine", asdict(RefineConfig()))
+    fresh = StreamingModel(ModelConfig.from_dict(config))
+    tensors = {k: v.float() for k, v in load_file(str(earlier / meta["weights_file"])).items()}
+    missing, unexpected = fresh.load_state_dict(tensors, strict=False)
+    if unexpected or any(not k.startswith("refine.") for k in missing):
+        raise SystemExit(f"{earlier}: not a model this recipe can start from "
+                         f"(unexpected {unexpected[:3]}, missing {missing[:3]})")
+    notes = {"initialised_from": {"folder": str(earlier), "weights_sha256": meta["weights_sha256"],
+                                  "training": meta.get("extra", {}).get("training", {})}}
+    save_model(fresh, model, extra=notes)
+    print(f"model folder {model} started from {earlier} ({len(tensors)} tensors; new: "
+          f"{len(missing)})")
 
 
 def main() -> int:
@@ -103,6 +153,15 @@ def main() -> int:
                              "finished run trains the MDVAE on from its checkpoint")
     parser.add_argument("--mdvae-window", type=int, default=30,
                         help="frames per MDVAE training window (clips are ~3 s = 90 frames)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from this earlier model folder: reuse its VQ-VAEs, MDVAE and "
+                             "emotion head, train only the identity path (refine)")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="refine steps (default: 1500 x --steps-scale)")
+    parser.add_argument("--eval-synth", type=Path, default=None,
+                        help="a synthetic corpus of a fresh seed, all of it held out: the "
+                             "evaluation's synthetic test speakers (default: the test split)")
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per stage")
     parser.add_argument("--install", action="store_true",
                         help="copy the model (fp16) into streamav/data/model/")
     args = parser.parse_args()
@@ -120,26 +179,50 @@ def main() -> int:
         timed("synth", "corpus", "synth", "--out", str(synth), "--speakers", str(args.speakers),
               "--sentences", str(args.sentences), "--seed", str(args.seed))
     corpus = combined_corpus(synth, work / "corpus", args.max_speakers, args.sentences_used)
+    if args.eval_synth is not None and args.synth is None and not (synth / "manifest.json").is_file():
+        raise SystemExit("--eval-synth needs the training corpus too")
     timed("cache", "corpus", "cache", str(corpus), "--format", "folder", "--out",
           str(work / "cache"), "--split-seed", str(args.seed))
     timed("cache_crema", "corpus", "cache", str(SHARED / "crema-d"), "--format", "crema-d",
           "--out", str(work / "cache_crema"))
+    _write_labels(work / "grid_held_out", grid_rows(held_out=True))
+    timed("cache_grid", "corpus", "cache", str(work / "grid_held_out"), "--format", "folder",
+          "--out", str(work / "cache_grid"))
+    if args.eval_synth is not None:
+        timed("cache_eval_synth", "corpus", "cache", str(args.eval_synth.resolve()), "--format",
+              "synth", "--out", str(work / "cache_eval_synth"))
     model = work / "model"
+    if args.init_from is not None and not (model / "config.json").is_file():
+        init_from(args.init_from.resolve(), model)
     for stage, steps in STAGE_STEPS.items():
+        if args.init_from is not None and stage in FROM_EARLIER_MODEL:
+            continue
         steps = max(10, int(steps * args.steps_scale))
         if stage == "mdvae" and args.mdvae_steps is not None:
             steps = args.mdvae_steps
+        if stage == "refine" and args.refine_steps is not None:
+            steps = args.refine_steps
         timed(stage, "train", stage, "--cache", str(work / "cache"), "--out", str(model),
               "--steps", str(steps), "--seed", str(args.seed),
-              "--threads", "1",
+              "--threads", str(args.threads),
               *(["--window-frames", str(args.mdvae_window)] if stage == "mdvae" else []))
-    timed("emotion", "train", "emotion", "--cache", str(work / "cache"), "--out", str(model))
-    timed("eval_synth", "eval", "--model", str(model), "--cache", str(work / "cache"),
-          "--split", "test", "--json", str(work / "eval_synth_test.json"), "--plots",
-          str(work / "plots_synth"))
+    if args.init_from is None:
+        timed("emotion", "train", "emotion", "--cache", str(work / "cache"), "--out", str(model))
+    if args.eval_synth is not None:
+        timed("eval_synth", "eval", "--model", str(model), "--cache",
+              str(work / "cache_eval_synth"), "--split", "all", "--json",
+              str(work / "eval_synth_fresh.json"), "--plots", str(work / "plots_synth"),
+              "--identity-gallery", str(work / "cache"))
+    else:
+        timed("eval_synth", "eval", "--model", str(model), "--cache", str(work / "cache"),
+              "--split", "test", "--json", str(work / "eval_synth_test.json"), "--plots",
+              str(work / "plots_synth"))
     timed("eval_crema", "eval", "--model", str(model), "--cache", str(work / "cache_crema"),
           "--split", "all", "--json", str(work / "eval_crema.json"), "--plots",
           str(work / "plots_crema"))
+    timed("eval_grid", "eval", "--model", str(model), "--cache", str(work / "cache_grid"),
+          "--split", "all", "--json", str(work / "eval_grid.json"), "--plots",
+          str(work / "plots_grid"))
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "timings_s": timings,
                "total_s": round(time.time() - started, 1)}
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
