@@ -179,12 +179,12 @@ class RefineConfig:
     """The identity path (streamav/model/refine.py): causal running means of the input crop and a
     gated fusion of the candidate faces (input, its blur, the means, VQ-VAE and MDVAE faces)."""
 
-    time_constants_s: tuple[float, ...] = (0.25, 1.5)  # one fast, one slow running mean
+    time_constants_s: tuple[float, ...] = (0.1, 0.4, 1.5)  # from following the head to averaging
     blur_sigma_px: float = 1.2
     width: int = 32  # channels of the 32x32 gate network
-    body_layers: int = 2
+    body_layers: int = 3
     up_width: int = 16  # channels brought back to 64x64
-    residual_scale: float = 0.1  # the residual is residual_scale * tanh(.)
+    residual_scale: float = 0.2  # the residual is residual_scale * tanh(.)
 
     def validate(self) -> None:
         _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),

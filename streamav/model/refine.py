@@ -3,28 +3,27 @@
 The MDVAE decodes a face from (z_v, w, z_av) through the VQ-VAE decoder. On a person it never
 saw, w lands near a training identity and the decoder paints that identity's skin, hair and
 background (measured: ~16-17 dB PSNR whatever the input). The pixels of the person in front of
-the camera are in the input itself, so the step keeps two causal running means of the input crop
+the camera are in the input itself, so the step keeps causal running means of the input crop
 (the "identity path", O(1) per frame, state in and out):
 
     weight_t = rho * weight_{t-1} + 1
     mean_t   = mean_{t-1} + (x_t - mean_{t-1}) / weight_t      rho = exp(-1 / (tau * fps))
 
 (the exact mean of the frames so far while weight_t is small, an exponential moving average of
-time constant tau after that), one fast (tau 0.25 s: follows the head) and one slow (1.5 s:
-averages the noise of ~90 frames away).
+time constant tau after that), from a short one that follows the head to a long one that
+averages the noise of many frames away.
 
-`Refiner` then predicts, per pixel, a convex blend of six candidate images plus a small residual:
+`Refiner` then predicts, per pixel, a convex blend of candidate images plus a small residual:
 
-    candidates: x_t, blur(x_t), fast mean, slow mean, the VQ-VAE's own reconstruction of x_t,
-                the MDVAE's decoded face (the only one that knows the mouth from the voice)
-    face_hat = sum_k softmax(gates)_k * candidate_k + residual
+    candidates: x_t and each running mean, each also blurred; the VQ-VAE's own reconstruction
+                of x_t; the MDVAE's decoded face (the only one that knows the mouth from the voice)
+    face_hat = sum_k softmax(gates)_k * candidate_k + residual_scale * tanh(residual)
 
 A clean input is passed through (x_t wins), noise is averaged away where the face is still (the
-running means) and smoothed where it moves, and an occluded mouth or eyes are filled from the
-MDVAE's face (the audio drives its lips through z_av). The gates are computed at 32x32 by three
-3x3 convolutions and brought back to 64x64 by a transposed convolution; the blend and the
-residual are full resolution. About 40 M MACs per frame (docs/model.md has the measurements that
-chose this design).
+running means) and smoothed where it moves (the blurs), and an occluded mouth or eyes are filled
+from the MDVAE's face (the audio drives its lips through z_av). The gates are computed at 32x32
+by 3x3 convolutions and brought back to 64x64 by a transposed convolution; the blend and the
+residual are full resolution (docs/model.md has the measurements that chose this design).
 """
 
 from __future__ import annotations
@@ -68,8 +67,9 @@ class Refiner(nn.Module):
                              persistent=False)
         self.register_buffer("blur_kernel", gaussian_kernel(cfg.blur_sigma_px), persistent=False)
         width, up = cfg.width, cfg.up_width
-        # candidates: x, blur(x), the means, VQ-VAE face, MDVAE face; the net reads all but blur(x)
-        self.n_candidates = 4 + self.n_means
+        # candidates: x and the means, each also blurred, VQ-VAE face, MDVAE face; the gate
+        # network reads x, the means and both decoded faces (the blurs are fixed filters of them)
+        self.n_candidates = 2 * (1 + self.n_means) + 2
         n_in = 3 * (3 + self.n_means)
         self.down = nn.Conv2d(n_in, width, 3, stride=2, padding=1)  # 64 → 32
         self.body = nn.Sequential(*(layer for _ in range(cfg.body_layers) for layer in
@@ -104,9 +104,12 @@ class Refiner(nn.Module):
 
     # -- the fusion -------------------------------------------------------------------------------
 
-    def blur(self, face: Tensor) -> Tensor:
+    def blur(self, images: Tensor) -> Tensor:
+        """(N, 3 m, H, W) → each RGB image blurred (replicated borders)."""
         pad = self.blur_kernel.shape[-1] // 2
-        return F.conv2d(F.pad(face, (pad,) * 4, mode="replicate"), self.blur_kernel, groups=3)
+        kernel = self.blur_kernel.repeat(images.shape[1] // 3, 1, 1, 1)
+        return F.conv2d(F.pad(images, (pad,) * 4, mode="replicate"), kernel,
+                        groups=images.shape[1])
 
     def fuse(self, face: Tensor, means: Tensor, vq_face: Tensor, mdvae_face: Tensor) -> Tensor:
         """Each (N, 3, 64, 64) (means (N, 3n, 64, 64)) → the refined face (N, 3, 64, 64)."""
@@ -114,8 +117,9 @@ class Refiner(nn.Module):
         hidden = self.up(F.relu(self.body(F.relu(self.down(inputs)))))  # (N, up, 64, 64)
         head = self.head(torch.cat([F.relu(hidden), inputs], 1))  # (N, K + 3, 64, 64)
         gates = torch.softmax(head[:, :self.n_candidates], dim=1)  # (N, K, 64, 64)
-        candidates = torch.stack([face, self.blur(face), *means.split(3, dim=1), vq_face,
-                                  mdvae_face], 1)  # (N, K, 3, 64, 64)
+        sharp = torch.cat([face, means], 1)  # (N, 3 (1 + n), 64, 64)
+        candidates = torch.cat([sharp, self.blur(sharp), vq_face, mdvae_face], 1)
+        candidates = candidates.reshape(-1, self.n_candidates, 3, *face.shape[-2:])  # (N, K, 3, H, W)
         blend = (gates[:, :, None] * candidates).sum(1)
         return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)
 

@@ -54,8 +54,8 @@ DEFAULTS = {
 }
 # What the identity path trains on, with their probabilities: what it meets live, clean included.
 # "gaussian" draws sigma uniformly in 0.02..0.3 per window, "blur" 0.8..2.5 px, "jpeg" 10..40.
-REFINE_CORRUPTIONS = {"clean": 0.15, "gaussian": 0.30, "lowlight": 0.08, "blur": 0.08,
-                      "jpeg": 0.09, "occlude_mouth": 0.15, "occlude_eyes": 0.15}
+REFINE_CORRUPTIONS = {"clean": 0.20, "gaussian": 0.30, "lowlight": 0.07, "blur": 0.07,
+                      "jpeg": 0.06, "occlude_mouth": 0.15, "occlude_eyes": 0.15}
 REFINE_AUDIO_DROP = 0.25  # windows whose audio is zeroed (V-only: no microphone, or silence)
 
 
