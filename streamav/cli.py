@@ -12,7 +12,7 @@ import logging
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -286,26 +286,47 @@ def devices() -> None:
     print_devices(Console())
 
 
+def _click_exceptions():
+    """The click exceptions typer raises: its bundled copy (typer >= 0.20), else click's own."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer, on top of click
+        from click import exceptions
+    return exceptions
+
+
+def _usage_line(exc) -> str:
+    """One line for a click/typer usage error, with where to find help."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    print(f"streamav: error: {message}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
 def main() -> None:
-    """Entry point: run the app, turning StreamavError into one line and an exit code."""
+    """Entry point: run the app; every failure is one `streamav: error: ...` line and its exit
+    code (streamav/errors.py; click's usage errors exit 2), never a traceback."""
+    click_exceptions = _click_exceptions()
     try:
         result = app(standalone_mode=False)  # a command's return value, or click's exit code
     except StreamavError as exc:
-        print(f"streamav: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(" ".join(str(exc).split()), exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        print("streamav: aborted", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        _fail("aborted", 1)
+    except click_exceptions.NoArgsIsHelpError as exc:  # `streamav`, `streamav corpus`: help
+        print(exc.ctx.get_help())
+        _fail(f"missing command (the commands are listed above; "
+              f"see '{exc.ctx.command_path} COMMAND --help')", exc.exit_code)
+    except click_exceptions.ClickException as exc:  # usage errors: unknown option, bad value
+        _fail(_usage_line(exc), exc.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
-

@@ -11,21 +11,31 @@
                save_features
 
 `load_config(path, overrides)` reads the file (every key optional), applies the flags that were
-given (a dict of "section.key" → value, None meaning "not given") and validates the result.
+given (a dict of "section.key" → value, None meaning "not given") and validates the result: every
+value has its field's type and lies in its range (`LIMITS`), endpoints are well formed, and the
+sources combine. A bad value is an `InputError` naming the flag or the TOML key, raised before
+anything is opened, bound or built. `check_output_paths` checks that the run's output files can
+be written, also before the run starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
+import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from streamav.errors import InputError
 from streamav.frontend.face import FaceConfig
 from streamav.frontend.spectrum import SpectrumConfig
 from streamav.sources.camera import CameraConfig
+from streamav.wire.protocol import endpoint_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,9 +73,9 @@ class ModelSectionConfig:
     enabled: bool = True
     folder: str | None = None  # None: the model shipped in the package, if there is one
     noise: str | None = None  # corrupt the face crop before the model (see frontend/corruption)
-    backend: str = "auto"  # eager | onnx | compile | tensorrt | auto (docs/engines.md)
-    device: str = "cpu"  # cpu | cuda
-    precision: str = "fp32"  # fp32 | fp16 | int8 (fp16/int8: tensorrt on cuda)
+    backend: Literal["auto", "eager", "onnx", "compile", "tensorrt"] = "auto"  # docs/engines.md
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"  # fp16/int8: tensorrt on cuda
     threads: int = 1  # intra-op threads of the model step (the other cores decode and track)
     engine_dir: str | None = None  # None: $STREAMAV_ENGINE_DIR, the checkout's engines/, or ~/.cache
 
@@ -93,46 +103,160 @@ class LiveConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def _section(cls: type, values: dict[str, Any], name: str) -> Any:
+# The flag that sets a key, for messages about values given on the command line.
+FLAGS = {
+    "source.camera": "--camera", "source.video": "--video", "source.mic": "--mic",
+    "source.audio": "--audio", "camera.width_px": "--width", "camera.height_px": "--height",
+    "camera.fps": "--fps", "publish.endpoint": "--publish", "publish.control_endpoint": "--control",
+    "publish.stream_id": "--stream-id", "publish.curve_secret_key_file": "--curve-secret-key",
+    "run.max_frames": "--max-frames", "run.duration_s": "--duration",
+    "run.stats_json": "--stats-json", "run.save_features": "--save-features",
+    "model.folder": "--model", "model.noise": "--noise", "model.backend": "--backend",
+    "model.device": "--device",
+}
+
+# Inclusive (low, high) of every number; None: unbounded on that side. Values must be finite.
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "camera.width_px": (16, 16384), "camera.height_px": (16, 16384), "camera.fps": (0.1, 1000),
+    "camera.reconnect_delay_s": (0, 3600), "camera.max_reconnects": (0, None),
+    "ring.video_capacity_frames": (1, 512), "ring.audio_capacity_s": (0.5, 600),
+    "spectrum.sample_rate_hz": (16_000, 16_000),  # the sources resample to 16 kHz
+    "spectrum.window_samples": (16, 65_536), "spectrum.n_fft": (16, 65_536),
+    "spectrum.hop_samples": (1, 160_000),
+    "publish.queue_size": (1, 1_000_000), "publish.send_hwm": (0, 10_000_000),
+    "model.threads": (1, 256),
+    "run.max_frames": (1, None), "run.duration_s": (0.001, None),
+    "run.stats_interval_s": (0.05, 3600),
+}
+
+
+def _describe(hint: Any) -> str:
+    """'an integer', 'a number', ... : what a value of this annotation looks like."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    return {bool: "true or false", int: "an integer", float: "a number",
+            str: "a string"}.get(hint, str(hint))
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # not a simple type: the section's own checks decide
+
+
+def _name(dotted: str, from_flags: set[str]) -> str:
+    """The flag when the value came from the command line, else the TOML key."""
+    if dotted in from_flags and dotted in FLAGS:
+        return FLAGS[dotted]
+    section, key = dotted.split(".", 1)
+    return f"[{section}] {key}"
+
+
+def _check_value(dotted: str, value: Any, hint: Any, from_flags: set[str]) -> None:
+    if not _has_type(value, hint):
+        raise InputError(f"{_name(dotted, from_flags)} must be {_describe(hint)}, got {value!r}")
+    if isinstance(value, str) and "\x00" in value:
+        raise InputError(f"{_name(dotted, from_flags)} contains a NUL character")
+    _check_range(dotted, value, from_flags)
+
+
+def _check_range(dotted: str, value: Any, from_flags: set[str]) -> None:
+    if dotted not in LIMITS or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high = LIMITS[dotted]
+    if math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high):
+        return
+    if not math.isfinite(value):
+        bound = "a finite number"
+    elif high is None:
+        bound = f"at least {low}"
+    elif low == high:
+        bound = f"{low}"
+    else:
+        bound = f"in {low}..{high}"
+    raise InputError(f"{_name(dotted, from_flags)} must be {bound}, got {value!r}")
+
+
+def _section(cls: type, values: Any, name: str, from_flags: set[str] = frozenset()) -> Any:
+    if not isinstance(values, dict):
+        raise InputError(f"[{name}] must be a table of keys, got {values!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"unknown key(s) in [{name}]: {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(known))})")
+    hints = typing.get_type_hints(cls, include_extras=False)
+    for key, value in values.items():
+        _check_value(f"{name}.{key}", value, hints[key], from_flags)
     try:
         return cls(**values)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise InputError(f"bad [{name}] section: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"no such config file: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"--config {path} is a directory, not a TOML file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text (UTF-8) TOML file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path} is not valid TOML: {exc}") from None
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> LiveConfig:
     """The config from `path` (TOML, optional) with `overrides` ("section.key": value) on top."""
-    tree: dict[str, dict[str, Any]] = {}
-    if path is not None:
-        try:
-            tree = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(f"no such config file: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path} is not valid TOML: {exc}") from None
+    tree: dict[str, Any] = _read_toml(path) if path is not None else {}
+    from_flags: set[str] = set()
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, key = dotted.split(".", 1)
-        tree.setdefault(section, {})[key] = value
+        values = tree.setdefault(section, {})
+        if not isinstance(values, dict):
+            raise InputError(f"[{section}] must be a table of keys, got {values!r}")
+        values[key] = value
+        from_flags.add(dotted)
     # Each section's class is its field's default factory.
     sections = {f.name: f.default_factory for f in dataclasses.fields(LiveConfig)}
     unknown = sorted(set(tree) - set(sections))
     if unknown:
         raise InputError(f"unknown config section(s): {', '.join(unknown)}")
-    built = {name: _section(cls, tree.get(name, {}), name) for name, cls in sections.items()}
+    built = {name: _section(cls, tree.get(name, {}), name, from_flags)
+             for name, cls in sections.items()}
     config = LiveConfig(**built)
-    validate(config)
+    validate(config, from_flags)
     return config
 
 
-def validate(config: LiveConfig) -> None:
-    """Raise InputError for combinations that cannot work."""
+def validate(config: LiveConfig, from_flags: set[str] = frozenset()) -> None:
+    """Raise InputError for values out of range and combinations that cannot work."""
+    for section in dataclasses.fields(LiveConfig):
+        values = getattr(config, section.name)
+        for item in dataclasses.fields(values):
+            dotted = f"{section.name}.{item.name}"
+            _check_range(dotted, getattr(values, item.name), from_flags)
     src = config.source
     if src.camera is not None and src.video is not None:
         raise InputError("give either --camera or --video, not both")
@@ -144,9 +268,52 @@ def validate(config: LiveConfig) -> None:
     if not config.run.realtime and live_device:
         raise InputError("--no-realtime needs file sources (--video, and --audio or the file's "
                          "own audio): a camera or a microphone cannot wait for the worker")
-    if config.run.max_frames is not None and config.run.max_frames < 1:
-        raise InputError("--max-frames must be at least 1")
-    if config.run.duration_s is not None and config.run.duration_s <= 0:
-        raise InputError("--duration must be positive")
-    if config.ring.video_capacity_frames < 1 or config.ring.audio_capacity_s < 0.5:
-        raise InputError("[ring] needs video_capacity_frames >= 1 and audio_capacity_s >= 0.5")
+    spectrum = config.spectrum
+    if spectrum.window_samples > spectrum.n_fft:
+        raise InputError(f"[spectrum] window_samples ({spectrum.window_samples}) cannot exceed "
+                         f"n_fft ({spectrum.n_fft})")
+    if spectrum.window_samples > config.ring.audio_capacity_s * spectrum.sample_rate_hz:
+        raise InputError("[ring] audio_capacity_s must hold at least one spectrum window "
+                         f"({spectrum.window_samples} samples)")
+    _validate_endpoints(config.publish, from_flags)
+
+
+def _validate_endpoints(publish: PublishConfig, from_flags: set[str]) -> None:
+    problem = endpoint_problem(publish.endpoint)
+    if problem:
+        raise InputError(f"{_name('publish.endpoint', from_flags)} {publish.endpoint!r}: {problem}")
+    control = publish.control_endpoint
+    if control is None or control.lower() == "none":
+        return
+    problem = endpoint_problem(control)
+    if problem:
+        raise InputError(f"{_name('publish.control_endpoint', from_flags)} {control!r}: {problem}")
+    if control == publish.endpoint:
+        raise InputError(f"the publish and control endpoints are the same ({control}): give "
+                         "--control another port, or --control none")
+
+
+def check_output_paths(config: LiveConfig) -> None:
+    """InputError now, before the run, if an output file of the run could not be written."""
+    for dotted in ("run.stats_json", "run.save_features"):
+        value = getattr(config.run, dotted.split(".")[1])
+        if value:
+            _check_writable(Path(value), FLAGS[dotted])
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a directory; give a file name")
+    folder = path.parent
+    while not folder.exists():  # the run creates the missing folders: the first one that exists
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{flag} {path}: {folder} is not a directory")
+    try:  # os.access is not enough (root, read-only mounts): write a temporary file there
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot write in {folder} "
+                         f"({exc.strerror or exc})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{flag} {path} exists and is not writable")

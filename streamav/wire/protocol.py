@@ -253,6 +253,37 @@ def is_loopback_endpoint(endpoint: str) -> bool:
         return False
 
 
+_TRANSPORTS = ("tcp", "ipc", "inproc")
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why `endpoint` is not a usable ZeroMQ endpoint (a short reason), or None when it is.
+
+    ZeroMQ itself accepts some bad addresses silently: a TCP port above 65535 is taken modulo
+    65536 (tcp://127.0.0.1:99999 binds port 34463), so the port is checked here, before binding.
+    """
+    if not isinstance(endpoint, str) or not endpoint or endpoint != endpoint.strip() \
+            or any(c.isspace() for c in endpoint):
+        return "an endpoint is transport://address without spaces, e.g. tcp://127.0.0.1:5555"
+    scheme, sep, address = endpoint.partition("://")
+    if not sep or scheme not in _TRANSPORTS:
+        return (f"unsupported transport {scheme!r}: use tcp://HOST:PORT, ipc://PATH or "
+                "inproc://NAME" if sep else "expected transport://address, e.g. tcp://127.0.0.1:5555")
+    if not address:
+        return "the address after :// is empty"
+    if scheme != "tcp":
+        return None
+    host = endpoint_host(endpoint)
+    port = address.rsplit(":", 1)[1] if ":" in address and not address.endswith("]") else ""
+    if not host or not port:
+        return "a tcp endpoint needs a host and a port, e.g. tcp://127.0.0.1:5555"
+    if port == "*":
+        return None  # an ephemeral port chosen by the system
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port {port!r} is not a TCP port (1..65535)"
+    return None
+
+
 def is_ipv6_endpoint(endpoint: str) -> bool:
     host = endpoint_host(endpoint)
     return host is not None and ":" in host
@@ -306,6 +337,9 @@ def secure_client(socket: zmq.Socket, curve_server_public_key_file: Path | None)
 
 def bind(socket: zmq.Socket, endpoint: str) -> None:
     """`socket.bind(endpoint)` with failures turned into EndpointError with a clear reason."""
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise EndpointError(f"cannot bind {endpoint}: {problem}")
     if is_ipv6_endpoint(endpoint):
         socket.ipv6 = True
     try:
@@ -318,6 +352,9 @@ def bind(socket: zmq.Socket, endpoint: str) -> None:
 
 def connect(socket: zmq.Socket, endpoint: str) -> None:
     """`socket.connect(endpoint)` with failures (bad address) turned into EndpointError."""
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise EndpointError(f"cannot connect to {endpoint}: {problem}")
     if is_ipv6_endpoint(endpoint):
         socket.ipv6 = True
     try:
