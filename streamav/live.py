@@ -11,18 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from streamav import __version__
-from streamav.config import LiveConfig, load_config
+from streamav.config import LiveConfig, check_output_paths, load_config
+from streamav.errors import InputError
 from streamav.frontend.corruption import parse_corruption
 from streamav.frontend.face import FaceFrontEnd
 from streamav.model_stage import TORCH_HINT, EngineOptions, ModelStage, default_model_folder
 from streamav.frontend.features import FeatureRecorder, save_features
-from streamav.pipeline import LivePipeline, RunSummary
+from streamav.pipeline import LivePipeline, RunSummary, stop_on_signals
 from streamav.preview import PreviewWindow, display_available
 from streamav.sources.factory import build_sources
 from streamav.wire.control import ControlServer
 from streamav.wire.publisher import Publisher
 
 log = logging.getLogger(__name__)
+
+_MODEL_SPECTRUM_BINS = 513  # the MDVAE's audio input: power spectra of n_fft = 1024
 
 
 def _preview(config: LiveConfig) -> PreviewWindow | None:
@@ -50,7 +53,11 @@ def _model(config: LiveConfig) -> ModelStage | None:
     if not section.enabled:
         return None
     if section.folder is not None:
-        return ModelStage(Path(section.folder), noise=noise, engine=_engine_options(section))
+        folder = Path(section.folder)
+        if not (folder / "config.json").is_file():
+            raise InputError(f"--model {folder}: not a model folder (no config.json in it; "
+                             "make one with `streamav train`)")
+        return _model_stage(config, folder, noise)
     folder = default_model_folder()
     if not (folder / "config.json").is_file():
         log.warning("no model shipped with this install: front end only (train one with "
@@ -59,7 +66,14 @@ def _model(config: LiveConfig) -> ModelStage | None:
     if importlib.util.find_spec("torch") is None:  # the shipped model was not asked for by name
         log.warning("front end only: %s", TORCH_HINT)
         return None
-    return ModelStage(folder, noise=noise, engine=_engine_options(section))
+    return _model_stage(config, folder, noise)
+
+
+def _model_stage(config: LiveConfig, folder: Path, noise) -> ModelStage:
+    if config.spectrum.n_bins != _MODEL_SPECTRUM_BINS:
+        raise InputError(f"the model reads {_MODEL_SPECTRUM_BINS}-bin spectra ([spectrum] "
+                         f"n_fft = 1024), not {config.spectrum.n_bins}: keep n_fft or use --no-model")
+    return ModelStage(folder, noise=noise, engine=_engine_options(config.model))
 
 
 def _engine_options(section) -> EngineOptions:
@@ -94,16 +108,29 @@ def print_stats_line(stats: dict) -> None:
           file=sys.stderr, flush=True)
 
 
+def check_inputs(config: LiveConfig) -> None:
+    """What can be checked before anything is opened, bound or built: output paths, key files."""
+    check_output_paths(config)
+    key = config.publish.curve_secret_key_file
+    if key is not None and not Path(key).is_file():
+        raise InputError(f"--curve-secret-key {key}: no such file")
+
+
 def run_live(config_path: Path | None, overrides: dict[str, Any]) -> RunSummary:
+    """One `streamav live` run. SIGINT, SIGTERM and SIGHUP end it cleanly once capture has
+    started (final stats, outputs written, exit 0); before that they abort the set-up."""
     config = load_config(config_path, overrides)
+    check_inputs(config)
     recorder = None
     if config.run.save_features:
         recorder = FeatureRecorder(config.face.crop_size_px, config.spectrum.n_bins)
-    summary = build_pipeline(config, on_frame=recorder).run()
-    if recorder is not None:
-        save_features(Path(config.run.save_features), recorder.features())
-    if config.run.stats_json:
-        write_stats_json(Path(config.run.stats_json), config, summary)
+    with stop_on_signals(afterwards="ignore") as signals:  # the CLI exits right after
+        pipeline = signals.pipeline = build_pipeline(config, on_frame=recorder)
+        summary = pipeline.run()
+        if recorder is not None:
+            save_features(Path(config.run.save_features), recorder.features())
+        if config.run.stats_json:
+            write_stats_json(Path(config.run.stats_json), config, summary)
     return summary
 
 

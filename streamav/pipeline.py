@@ -5,16 +5,21 @@ worker thread does the per-frame compute, the publisher thread owns the PUB sock
 thread runs the optional preview window (OpenCV wants the main thread) or just waits.
 
 A run ends at the end of the video stream, after `max_frames` frames or `duration_s` seconds,
-on Ctrl-C, on `q` in the preview, or on a fatal source error. It always ends the same way: a
-`status` stopping message, the final `stats` message, and everything joined.
+on Ctrl-C (or SIGTERM, SIGHUP: see `stop_on_signals`), on `q` in the preview, or on a fatal
+source error. It always ends the same way: the worker finishes the frame in hand and exits, then
+the main thread sends a `status` stopping message and the final `stats` message, and only then
+stops the stages and joins everything: no stage is stopped under a frame being processed.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -31,6 +36,12 @@ from streamav.wire import protocol
 log = logging.getLogger(__name__)
 
 _READ_TIMEOUT_S = 0.1  # how often the worker wakes to check for stop and send stats
+_WAIT_POLL_S = 0.05  # how often the main thread looks for a stop signal while the worker runs
+_SLOW_STOP_S = 5.0  # warn when the worker takes longer than this to finish its frame
+
+# The signals that end a live run like Ctrl-C, and the stop reason each one gives.
+STOP_SIGNALS: dict[str, str] = {"SIGINT": "interrupted", "SIGTERM": "terminated (SIGTERM)",
+                                "SIGHUP": "hung up (SIGHUP)"}
 
 
 class FaceStage(Protocol):
@@ -98,6 +109,9 @@ class LivePipeline:
         self._stop = threading.Event()
         self._stop_reason = "end of input"
         self._worker_error: BaseException | None = None
+        self._worker_done = threading.Event()
+        self._running = False  # the sources have started: a stop signal ends the run cleanly
+        self._signalled: str | None = None  # a stop signal's reason, set by the handler only
         self._ring = AVRing(
             video_capacity_frames=config.ring.video_capacity_frames,
             audio_capacity_samples=int(config.ring.audio_capacity_s * MODEL_SAMPLE_RATE_HZ),
@@ -118,12 +132,25 @@ class LivePipeline:
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.is_set() or self._signalled is not None
+
+    def on_stop_signal(self, reason: str) -> None:
+        """Called by a signal handler (main thread, between two bytecodes): only record it.
+
+        Setting an Event or aborting the ring here could deadlock on a lock the interrupted
+        main-thread code holds; the main thread's wait loop turns this into `request_stop`.
+        Before the sources start (set-up) it raises KeyboardInterrupt, as Ctrl-C does.
+        """
+        if not self._running:
+            raise KeyboardInterrupt
+        if self._signalled is None:
+            self._signalled = reason
 
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         started: list = []
+        worker: threading.Thread | None = None
         try:
             self.publisher.start()
             started.append(self.publisher)
@@ -138,6 +165,7 @@ class LivePipeline:
             self._publish_status("started", f"sources: {', '.join(s.name for s in self.sources)}")
             anchor_ns = now_ns()  # one clock origin for every source that replays media
             self.stats.mark_start()
+            self._running = True
             for source in self.sources:
                 if getattr(source, "anchor_ns", 0) is None:
                     source.anchor_ns = anchor_ns
@@ -146,9 +174,10 @@ class LivePipeline:
             worker = threading.Thread(target=self._work, name="streamav-worker", daemon=True)
             worker.start()
             self._wait(worker)
-            worker.join()
             final = self._finish()
         finally:
+            if worker is not None:
+                self._finish_worker(worker, "stopped")  # never stop stages under a frame
             self._ring.abort()
             for component in reversed(started):
                 if component is self.publisher:
@@ -160,15 +189,39 @@ class LivePipeline:
         return RunSummary(final_stats=final, stop_reason=self._stop_reason)
 
     def _wait(self, worker: threading.Thread) -> None:
-        """Main thread: run the preview if any, else wait; Ctrl-C stops the run cleanly."""
+        """Main thread: run the preview if any, else wait for the worker to end the run.
+
+        Waits on an Event set by the worker as it exits, not on `Thread.join`: on Python 3.11 a
+        KeyboardInterrupt inside `join(timeout)` can leave a running thread looking stopped.
+        A stop signal (see `stop_on_signals`) or Ctrl-C asks the worker to stop; it finishes
+        the frame in hand first.
+        """
         try:
             if self.preview is not None:
                 self.preview.run(self, worker)
-            while worker.is_alive():
-                worker.join(timeout=0.2)
-        except KeyboardInterrupt:
+            while not self._worker_done.wait(_WAIT_POLL_S):
+                if self._signalled is not None:
+                    self.request_stop(self._signalled)
+        except KeyboardInterrupt:  # no handler installed (library use): Ctrl-C is a clean stop
             self.request_stop("interrupted")
-            worker.join()
+        self._finish_worker(worker, self._signalled or "interrupted")
+
+    def _finish_worker(self, worker: threading.Thread, reason: str) -> None:
+        """Ask the worker to stop (if it has not) and wait until it has left its loop.
+
+        Further Ctrl-Cs while it finishes its frame are absorbed: stopping the stages under a
+        running frame is what this avoids.
+        """
+        warn_at = time.monotonic() + _SLOW_STOP_S
+        while not self._worker_done.is_set():
+            try:
+                self.request_stop(self._signalled or reason)
+                if not self._worker_done.wait(_WAIT_POLL_S) and time.monotonic() > warn_at:
+                    log.warning("waiting for the worker to finish its frame")
+                    warn_at = float("inf")
+            except KeyboardInterrupt:
+                continue
+        worker.join(timeout=1.0)  # it has left its loop; this only reaps the thread
 
     def _finish(self) -> dict:
         self._publish_status("stopping", self._stop_reason)
@@ -189,6 +242,8 @@ class LivePipeline:
         except BaseException as exc:  # surfaced by run() in the main thread
             self._worker_error = exc
             self.request_stop(f"worker failed: {exc}")
+        finally:
+            self._worker_done.set()
 
     def _work_loop(self) -> None:
         run = self.config.run
@@ -287,6 +342,61 @@ class LivePipeline:
             audio_samples_lost=self._ring.audio.overwritten_samples,
             publish_dropped=counters,
         )
+
+
+class StopSignals:
+    """What `stop_on_signals` yields: set `pipeline` once it is built."""
+
+    def __init__(self) -> None:
+        self.pipeline: LivePipeline | None = None
+        self.aborting = False
+
+    def handle(self, signum: int, _frame) -> None:
+        if self.aborting:
+            return  # the first signal is already unwinding the set-up
+        if self.pipeline is None:  # still building it: abort, as Ctrl-C does
+            self.aborting = True
+            raise KeyboardInterrupt
+        try:
+            self.pipeline.on_stop_signal(
+                STOP_SIGNALS.get(signal.Signals(signum).name, "interrupted"))
+        except KeyboardInterrupt:
+            self.aborting = True
+            raise
+
+
+@contextmanager
+def stop_on_signals(afterwards: str = "restore") -> Iterator[StopSignals]:
+    """SIGINT, SIGTERM and SIGHUP end the run of the yielded object's `pipeline` like the end
+    of input (final stats, outputs written, exit 0) while the body runs; before its sources
+    start (set-up) they raise KeyboardInterrupt, as Ctrl-C does.
+
+    Main thread only (elsewhere this does nothing). A signal that is ignored when the body
+    starts (e.g. SIGHUP under nohup) stays ignored. The handler only records the signal
+    (`LivePipeline.on_stop_signal`): a signal can never tear down a stage under a frame, and a
+    repeated Ctrl-C during shutdown or while outputs are written is absorbed.
+
+    `afterwards`: "restore" the previous handlers when the body ends, or "ignore" these signals
+    from then on (for a process that exits right after the body: a late Ctrl-C must not turn a
+    finished run, or an aborted set-up, into a traceback).
+    """
+    if afterwards not in ("restore", "ignore"):
+        raise ValueError(f"afterwards must be 'restore' or 'ignore', got {afterwards!r}")
+    signals = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield signals
+        return
+    previous: dict[int, object] = {}
+    try:
+        for name in STOP_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is None or signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            previous[signum] = signal.signal(signum, signals.handle)
+        yield signals
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if afterwards == "restore" else signal.SIG_IGN)
 
 
 def face_payload(face: FaceResult, frame: VideoFrame) -> dict:
