@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -134,7 +135,18 @@ def subscribe(
     server_key: Optional[Path] = typer.Option(None, help="The publisher's CURVE public key file."),
 ) -> None:
     """Print the messages of a running streamav as JSON lines."""
+    from streamav.wire.protocol import endpoint_problem
     from streamav.wire.subscriber import subscribe_to_jsonl
+
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise InputError(f"--endpoint {endpoint!r}: {problem}")
+    if count is not None and count < 1:
+        raise InputError(f"--count must be at least 1, got {count}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if server_key is not None and not server_key.is_file():
+        raise InputError(f"--server-key {server_key}: no such file")
 
     subscribe_to_jsonl(endpoint, tuple(topic) or ("",), count, sys.stdout, timeout_s=timeout,
                        buffers_base64=buffers_base64, curve_server_public_key_file=server_key)
