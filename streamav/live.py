@@ -72,7 +72,8 @@ def _model(config: LiveConfig) -> ModelStage | None:
 def _model_stage(config: LiveConfig, folder: Path, noise) -> ModelStage:
     if config.spectrum.n_bins != _MODEL_SPECTRUM_BINS:
         raise InputError(f"the model reads {_MODEL_SPECTRUM_BINS}-bin spectra ([spectrum] "
-                         f"n_fft = 1024), not {config.spectrum.n_bins}: keep n_fft or use --no-model")
+                         f"n_fft = 1024), not {config.spectrum.n_bins}: keep n_fft or use "
+                         "--no-model")
     return ModelStage(folder, noise=noise, engine=_engine_options(config.model))
 
 

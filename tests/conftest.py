@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -98,3 +99,12 @@ def cli_env() -> dict[str, str]:
     env.pop("WAYLAND_DISPLAY", None)
     env["GLOG_minloglevel"] = "2"
     return env
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test interrupts with SIGINT: Ctrl-C as in a terminal.
+
+    A test run started in the background without job control (`cmd &` in a script) ignores
+    SIGINT; children inherit that, Python then keeps it ignored, and a SIGINT sent by the test
+    is lost (the child runs to the end and exits 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

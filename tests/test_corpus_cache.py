@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CREMA_D, CREMA_D_CLIPS, cli_env, free_tcp_port, require_shared_data, \
-    streamav_command
+from conftest import CREMA_D, CREMA_D_CLIPS, cli_env, default_sigint, free_tcp_port, \
+    require_shared_data, streamav_command
 from streamav.corpus.cache import (
     MANIFEST_NAME, _cache_lock, build_cache, file_sha256, load_manifest, memmap_shard,
     plan_split, seeded_speaker_split, shard_path)
@@ -236,7 +236,8 @@ def test_ctrl_c_finishes_the_clip_in_flight_and_writes_the_manifest(cache_dir, t
     code = (f"from streamav.corpus.cache import build_cache; "
             f"build_cache({str(CREMA_D)!r}, 'crema-d', {str(out)!r}, workers=0)")
     run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True, env=cli_env())
+                           stderr=subprocess.PIPE, text=True, env=cli_env(),
+                           preexec_fn=default_sigint)  # else lost when SIGINT is inherited ignored
     deadline = time.monotonic() + 60
     while not list((out / "clips").glob("*.npz")) and time.monotonic() < deadline:
         assert run.poll() is None, "the run ended before it could be interrupted"

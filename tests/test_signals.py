@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import OBAMA, cli_env, require_shared_data, streamav_command
+from conftest import OBAMA, cli_env, default_sigint, require_shared_data, streamav_command
 from streamav.wire.protocol import decode
 
 STREAMAV = streamav_command()
-
-
-def _default_sigint() -> None:
-    """In the child: Ctrl-C as in a terminal. A test runner started in the background (no job
-    control) ignores SIGINT, its children inherit that, and Python then keeps it ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _start_live(endpoint: str, *flags: str) -> tuple[subprocess.Popen, zmq.Socket]:
@@ -36,7 +30,7 @@ def _start_live(endpoint: str, *flags: str) -> tuple[subprocess.Popen, zmq.Socke
         [*STREAMAV, "live", "--video", str(OBAMA), "--no-preview", "--no-model",
          "--publish", endpoint, "--control", "none", *flags],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(),
-        stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
+        stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1]

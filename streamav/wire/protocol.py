@@ -266,9 +266,10 @@ def endpoint_problem(endpoint: str) -> str | None:
             or any(c.isspace() for c in endpoint):
         return "an endpoint is transport://address without spaces, e.g. tcp://127.0.0.1:5555"
     scheme, sep, address = endpoint.partition("://")
-    if not sep or scheme not in _TRANSPORTS:
-        return (f"unsupported transport {scheme!r}: use tcp://HOST:PORT, ipc://PATH or "
-                "inproc://NAME" if sep else "expected transport://address, e.g. tcp://127.0.0.1:5555")
+    if not sep:
+        return "expected transport://address, e.g. tcp://127.0.0.1:5555"
+    if scheme not in _TRANSPORTS:
+        return f"unsupported transport {scheme!r}: use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
     if not address:
         return "the address after :// is empty"
     if scheme != "tcp":
