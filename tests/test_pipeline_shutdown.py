@@ -67,9 +67,14 @@ def _in_a_frame_then(face: SlowFace, action, repeats: int) -> threading.Thread:
 
 def test_ctrl_c_in_the_main_thread_lets_the_frame_finish():
     pipeline, face = _pipeline()
-    helper = _in_a_frame_then(face, _thread.interrupt_main, repeats=5)
-    summary = pipeline.run()
-    helper.join(5)
+    # Python's own Ctrl-C handler, even when this run inherited SIGINT ignored (background).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        helper = _in_a_frame_then(face, _thread.interrupt_main, repeats=5)
+        summary = pipeline.run()
+        helper.join(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert summary.stop_reason == "interrupted"
     assert not face.stopped_during_step and face.steps_done >= 1
     assert pipeline._worker_error is None
