@@ -17,6 +17,7 @@ part, and writes the folder back (safetensors + config.json). Training state for
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,10 @@ DEFAULTS = {
 REFINE_CORRUPTIONS = {"clean": 0.20, "gaussian": 0.30, "lowlight": 0.07, "blur": 0.07,
                       "jpeg": 0.06, "occlude_mouth": 0.15, "occlude_eyes": 0.15}
 REFINE_AUDIO_DROP = 0.25  # windows whose audio is zeroed (V-only: no microphone, or silence)
+# Real faces (every speaker not named like the synthetic generator's S001) are a few percent of
+# the windows but what the model meets live: a batch draws them with this probability.
+REFINE_REAL_FRACTION = 0.35
+_SYNTHETIC_SPEAKER = re.compile(r"^S\d+$")
 
 
 def open_model(folder: Path, preset: str) -> StreamingModel:
@@ -157,10 +162,19 @@ class _RefineWindows:
         if len(dataset) == 0:
             raise InputError("the cache's training split has no usable windows")
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+        speakers = np.array([bool(_SYNTHETIC_SPEAKER.match(dataset.clips[c]["speaker"]))
+                             for c in dataset._windows[:, 0]])
+        self.synthetic, self.real = np.flatnonzero(speakers), np.flatnonzero(~speakers)
+
+    def _window(self, rng: np.random.Generator) -> int:
+        if len(self.real) and len(self.synthetic):
+            pool = self.real if rng.random() < REFINE_REAL_FRACTION else self.synthetic
+            return int(pool[rng.integers(len(pool))])
+        return int(rng.integers(len(self.dataset)))
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, 7, step])
-        items = [self.dataset[int(i)] for i in rng.integers(len(self.dataset), size=self.batch_size)]
+        items = [self.dataset[self._window(rng)] for _ in range(self.batch_size)]
         clean = torch.stack([item["face"] for item in items])  # (B, T, 3, 64, 64)
         spectrum = torch.stack([item["spectrum"] for item in items])  # (B, T, 513)
         crops = np.moveaxis(((clean.numpy() + 0.5) * 255.0 + 0.5).clip(0, 255).astype(np.uint8),
