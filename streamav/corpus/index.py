@@ -534,10 +534,10 @@ def _row_record(root: Path, found: _Collector, cell: dict[str, str], where: str,
                       traces_path=traces)
 
 
-def _index_grid(root: Path, found: _Collector) -> None:
-    """GRID (Cooke et al. 2006): `ROOT/s{N}/{sentence}.mpg` as the corpus lays it out (the speaker
-    is the folder), or loose clips in ROOT (each its own speaker, named after the clip). Every
-    GRID sentence is read in a neutral voice: emotion `neutral`, intensity unknown."""
+def _index_videos_by_folder(root: Path, found: _Collector, *, speaker_prefix: str,
+                           emotion: str, sentence_from_name: bool) -> None:
+    """Every video under ROOT; its speaker the first sub-folder of ROOT it is in, else its own
+    name; its id the path below ROOT joined with '_'."""
     for path in _media_files(root, VIDEO_SUFFIXES, recursive=True):
         if _is_empty(path, found):
             continue
@@ -545,8 +545,17 @@ def _index_grid(root: Path, found: _Collector) -> None:
         speaker = relative.parts[0] if len(relative.parts) > 1 else path.stem
         found.clips.append(ClipRecord(
             clip_id=safe_clip_id("_".join(relative.with_suffix("").parts)), video_path=path,
-            audio_path=None, speaker=f"grid-{safe_clip_id(speaker)}", emotion="neutral",
-            intensity=None, sentence=path.stem, corpus="grid"))
+            audio_path=None, speaker=speaker_prefix + safe_clip_id(speaker), emotion=emotion,
+            intensity=None, sentence=path.stem if sentence_from_name else None,
+            corpus=found.corpus))
+
+
+def _index_grid(root: Path, found: _Collector) -> None:
+    """GRID (Cooke et al. 2006): `ROOT/s{N}/{sentence}.mpg` as the corpus lays it out (the speaker
+    is the folder), or loose clips in ROOT (each its own speaker, named after the clip). Every
+    GRID sentence is read in a neutral voice: emotion `neutral`, intensity unknown."""
+    _index_videos_by_folder(root, found, speaker_prefix="grid-", emotion="neutral",
+                            sentence_from_name=True)
 
 
 def _index_folder(root: Path, found: _Collector) -> None:
@@ -554,15 +563,8 @@ def _index_folder(root: Path, found: _Collector) -> None:
     every video under ROOT, unlabelled (emotion ""), its speaker the first sub-folder of ROOT
     it is in, else its own name: anyone's own clips, for the unsupervised measurements."""
     if not (root / "labels.csv").is_file() and len(list(root.glob("*.csv"))) != 1:
-        for path in _media_files(root, VIDEO_SUFFIXES, recursive=True):
-            if _is_empty(path, found):
-                continue
-            relative = path.relative_to(root)
-            speaker = relative.parts[0] if len(relative.parts) > 1 else path.stem
-            found.clips.append(ClipRecord(
-                clip_id=safe_clip_id("_".join(relative.with_suffix("").parts)), video_path=path,
-                audio_path=None, speaker=safe_clip_id(speaker), emotion=UNLABELLED,
-                intensity=None, sentence=None, corpus="folder"))
+        _index_videos_by_folder(root, found, speaker_prefix="", emotion=UNLABELLED,
+                                sentence_from_name=False)
         if not found.clips:
             raise InputError(f"{root} has no labels.csv and no video file")
         return
