@@ -129,7 +129,7 @@ def init_from(earlier: Path, model: Path) -> None:
     if unexpected or any(not k.startswith("refine.") for k in missing):
         raise SystemExit(f"{earlier}: not a model this recipe can start from "
                          f"(unexpected {unexpected[:3]}, missing {missing[:3]})")
-    notes = {"initialised_from": {"folder": str(earlier), "weights_sha256": meta["weights_sha256"],
+    notes = {"initialised_from": {"folder": earlier.name, "weights_sha256": meta["weights_sha256"],
                                   "training": meta.get("extra", {}).get("training", {})}}
     save_model(fresh, model, extra=notes)
     print(f"model folder {model} started from {earlier} ({len(tensors)} tensors; new: "
