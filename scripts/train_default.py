@@ -14,6 +14,14 @@
 Everything is resumable: run it again and finished steps are reused. Usage:
     python scripts/train_default.py --work out/default_model [--speakers 8 --sentences 2]
                                     [--steps-scale 1.0] [--install]
+
+The shipped v2 (MODEL_CARD.md): v1's stages 1-2 and head (`--init-from`), then the identity
+path alone, 67 min on the 2-core CPU (2 threads) plus ~6 min of caching and ~10 of evaluation:
+    python scripts/train_default.py --work out/model_v2 --synth out/synth20 \
+        --eval-synth out/synth_eval --init-from out/model_v1 --refine-steps 2100 --threads 2
+(v2 itself ran its first 1,600 refine steps before real-face windows were drawn with
+probability 0.35; the recipe now draws them from the start). All stages take --device cuda
+through `streamav train` unchanged.
 """
 
 from __future__ import annotations
