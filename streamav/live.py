@@ -54,9 +54,11 @@ def _model(config: LiveConfig) -> ModelStage | None:
         return None
     if section.folder is not None:
         folder = Path(section.folder)
+        if not folder.exists():
+            raise InputError(f"--model {folder}: the model folder does not exist")
         if not (folder / "config.json").is_file():
-            raise InputError(f"--model {folder}: not a model folder (no config.json in it; "
-                             "make one with `streamav train`)")
+            raise InputError(f"--model {folder}: not a model folder, it is incomplete (no "
+                             "config.json in it; make one with `streamav train`)")
         return _model_stage(config, folder, noise)
     folder = default_model_folder()
     if not (folder / "config.json").is_file():

@@ -65,7 +65,7 @@ CASES = [
     ("missing-video", ["live", "--video", "{tmp}/missing.mp4"], 2, "no such file", None),
     ("junk-video", ["live", "--video", "{file}"], 2, "cannot read", None),
     ("missing-model-folder", ["live", "--video", "{clip}", "--model", "{tmp}/no-model"], 2,
-     "not a model folder", None),
+     "does not exist", None),
     ("missing-curve-key", ["live", "--video", "{clip}", "--curve-secret-key",
                            "{tmp}/none.key_secret"], 2, "--curve-secret-key", None),
     # -- endpoints --------------------------------------------------------------------------------

@@ -120,14 +120,18 @@ def test_streaming_step_shapes(name):
     assert (out.z_av.shape, out.z_a.shape, out.z_v.shape) == ((B, 16), (B, 8), (B, 4))
     assert out.emotion_probs.shape == (B, 8)
     assert torch.allclose(out.emotion_probs.sum(-1), torch.ones(B))
-    assert [tuple(s.shape) for s in state] == [(B, 128)] * 3 + [(B, 84)] * 2
+    n_means = len(model.cfg.refine.time_constants_s)
+    assert [tuple(s.shape) for s in state] == [(B, 128)] * 3 + [(B, 84)] * 2 + [
+        (B, 3 * n_means, 64, 64), (B, n_means)]  # + the identity path's running means
 
 
 def test_default_preset_is_cheaper_than_paper():
     paper = count_macs(StreamingModel(preset("paper")))
     default = count_macs(StreamingModel(preset("default")))
-    assert 130e6 < paper["total"] < 145e6
-    assert default["total"] < 0.35 * paper["total"]
+    # the step decodes both the MDVAE's features and the input's own (the identity path's
+    # candidates): the paper preset's decoder counts twice; the identity path adds ~42 M to both
+    assert 245e6 < paper["total"] < 265e6
+    assert default["total"] < 0.5 * paper["total"]
     # the presets differ in the visual VQ-VAE only
     for group in ("audio.encoder", "audio.decoder", "mdvae.visual_features", "mdvae.decoder_v"):
         assert default[group] == paper[group]
