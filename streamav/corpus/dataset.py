@@ -132,6 +132,10 @@ class CacheWindowDataset(Dataset):
         names = clip["trace_names"]
         return [names.index(name) for name in self.trace_names]
 
+    def window_speakers(self) -> np.ndarray:
+        """(N,) speaker name of every window."""
+        return np.array([c["speaker"] for c in self.clips], dtype=object)[self._windows[:, 0]]
+
     def window_labels(self) -> np.ndarray:
         """(N,) emotion index of every window (for class-balanced samplers)."""
         emotion = np.array([c["emotion_index"] for c in self.clips], np.int64)

@@ -129,9 +129,14 @@ class _FeatureWindows:
         return {k: v[index].to(self.device, torch.float32) for k, v in self.bank.items()}
 
 
+def _faces_to_crops(faces: torch.Tensor) -> np.ndarray:
+    """(..., 3, 64, 64) in -0.5..0.5 → (..., 64, 64, 3) uint8 (the inverse of face_to_model)."""
+    return np.moveaxis(((faces.numpy() + 0.5) * 255.0 + 0.5).clip(0, 255).astype(np.uint8), -3, -1)
+
+
 def _corrupt_faces(faces: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """(B, T, 3, 64, 64) in -0.5..0.5 → the same with one random corruption per window on half."""
-    crops = np.moveaxis(((faces.numpy() + 0.5) * 255.0 + 0.5).clip(0, 255).astype(np.uint8), -3, -1)
+    crops = _faces_to_crops(faces)
     out = crops.copy()
     for b in range(crops.shape[0]):
         if rng.random() < 0.5:
@@ -154,17 +159,15 @@ def refine_corruption(rng: np.random.Generator) -> str | None:
     return name
 
 
-class _RefineWindows:
+class _RefineWindows(_Batches):
     """Seeded windows for the refine stage: clean and corrupted faces, audio (zeroed at random)."""
 
     def __init__(self, dataset: CacheWindowDataset, batch_size: int, seed: int,
                  device: str) -> None:
-        if len(dataset) == 0:
-            raise InputError("the cache's training split has no usable windows")
-        self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
-        speakers = np.array([bool(_SYNTHETIC_SPEAKER.match(dataset.clips[c]["speaker"]))
-                             for c in dataset._windows[:, 0]])
-        self.synthetic, self.real = np.flatnonzero(speakers), np.flatnonzero(~speakers)
+        super().__init__(dataset, batch_size, seed, device)
+        synthetic = np.array([bool(_SYNTHETIC_SPEAKER.match(speaker))
+                              for speaker in dataset.window_speakers()], bool)
+        self.synthetic, self.real = np.flatnonzero(synthetic), np.flatnonzero(~synthetic)
 
     def _window(self, rng: np.random.Generator) -> int:
         if len(self.real) and len(self.synthetic):
@@ -177,8 +180,7 @@ class _RefineWindows:
         items = [self.dataset[self._window(rng)] for _ in range(self.batch_size)]
         clean = torch.stack([item["face"] for item in items])  # (B, T, 3, 64, 64)
         spectrum = torch.stack([item["spectrum"] for item in items])  # (B, T, 513)
-        crops = np.moveaxis(((clean.numpy() + 0.5) * 255.0 + 0.5).clip(0, 255).astype(np.uint8),
-                            -3, -1)
+        crops = _faces_to_crops(clean)
         noisy = crops.copy()
         for b in range(len(items)):
             spec = refine_corruption(rng)
