@@ -92,6 +92,9 @@ def live(
     backend: Optional[str] = typer.Option(
         None, help="Model step backend: auto (default), onnx, eager, compile, tensorrt."),
     device: Optional[str] = typer.Option(None, help="cpu (default) or cuda."),
+    profile: Optional[str] = typer.Option(
+        None, help="Calibration profile for the emotion (streamav calibrate; streamav profiles "
+                   "list)."),
     config: Optional[Path] = typer.Option(None, help="TOML config (see docs/config.md)."),
 ) -> None:
     """Capture, run the front ends and the model, publish results until the input ends."""
@@ -111,7 +114,7 @@ def live(
         "run.save_features": str(save_features) if save_features else None,
         "model.folder": str(model) if model else None, "model.noise": noise,
         "model.enabled": False if no_model else None,
-        "model.backend": backend, "model.device": device,
+        "model.backend": backend, "model.device": device, "model.profile": profile,
     }
     from streamav.live import run_live
 
@@ -190,6 +193,9 @@ def eval_(
     identity_gallery: Optional[Path] = typer.Option(
         None, help="A cache (e.g. the training cache) whose speakers' mean faces join the "
                    "identity check of the denoised faces."),
+    emotion_train_cache: Optional[Path] = typer.Option(
+        None, help="The emotion estimator's training cache: adds the feature ablation "
+                   "(estimators refitted per feature group; minutes)."),
     denoise_max_frames: int = typer.Option(150, help="First frames of each denoising clip."),
     draws: int = typer.Option(5, help="Seeded repetitions of the few-shot and identity splits."),
     k: list[int] = typer.Option([1, 5, 10], help="Few-shot sequences per class (repeatable)."),
@@ -214,7 +220,9 @@ def eval_(
                             denoise_clips=denoise_clips, denoise_max_frames=denoise_max_frames,
                             draws=draws, k_shots=tuple(k), fewshot_unit=fewshot_unit,
                             within_actor=within_actor,
-                            identity_gallery=str(identity_gallery) if identity_gallery else None)
+                            identity_gallery=str(identity_gallery) if identity_gallery else None,
+                            emotion_train_cache=(str(emotion_train_cache) if emotion_train_cache
+                                                 else None))
     report = evaluate(model, cache, settings, plots_dir=plots, progress=progress)
     if json_out is not None:
         write_report(report, json_out)
@@ -286,6 +294,67 @@ def bench(
                       json_out=json_out, plot=plot, model=model, engine_dir=engine_dir,
                       threads=threads, pipeline=pipeline, video=video, demo=demo, repeat=repeat,
                       realtime=realtime)
+
+
+@app.command()
+def calibrate(
+    profile: str = typer.Option(..., help="Profile name (created, or examples added to it)."),
+    label: Optional[str] = typer.Option(
+        None, help="The emotion shown (neutral, happy, ...). With --camera and no --label: a "
+                   "guided session that asks for each label in turn."),
+    video: Optional[Path] = typer.Option(None, help="A clip of the person showing --label."),
+    camera: Optional[str] = typer.Option(None, help="Record from this camera instead."),
+    seconds: float = typer.Option(5.0, help="--camera: seconds recorded per label."),
+    start: float = typer.Option(0.0, help="--video: first second used."),
+    end: Optional[float] = typer.Option(None, help="--video: last second used (default: the end)."),
+    model: Optional[Path] = typer.Option(
+        None, help="Model folder whose emotion estimator the profile is for (default: shipped)."),
+    no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the clip's audio."),
+) -> None:
+    """Add labelled examples of one person to a calibration profile and refit it (seconds).
+
+    Examples: streamav calibrate --profile ana --label neutral --video ana_neutral.mp4;
+    streamav calibrate --profile ana --camera 0 (guided, every label in turn)."""
+    from streamav.calibrate import run_calibrate
+
+    meta = run_calibrate(profile, label, video=video, camera=camera, seconds=seconds,
+                         start_s=start, end_s=end, model_folder=model, no_audio=no_audio)
+    counts: dict[str, int] = {}
+    for clip in meta["clips"]:
+        counts[clip["label"]] = counts.get(clip["label"], 0) + 1
+    typer.echo(f"streamav: profile {meta['name']}: " + ", ".join(
+        f"{name} x{n}" for name, n in counts.items())
+        + ("; person head fitted" if meta["person_head"] else "; baseline only"), err=True)
+
+
+profiles_app = typer.Typer(help="Calibration profiles (streamav calibrate).",
+                           no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.command(name="list")
+def profiles_list() -> None:
+    """List the profiles (name, labelled clips per emotion)."""
+    from streamav.emotion.profiles import list_profiles, profiles_dir
+
+    profiles = list_profiles()
+    if not profiles:
+        typer.echo(f"no profiles in {profiles_dir()}")
+    for entry in profiles:
+        if "error" in entry:
+            typer.echo(f"{entry['name']}\tunreadable: {entry['error']}")
+        else:
+            typer.echo(f"{entry['name']}\t" + ", ".join(
+                f"{label} x{n}" for label, n in entry["clips"].items()))
+
+
+@profiles_app.command(name="remove")
+def profiles_remove(name: str = typer.Argument(..., help="The profile to remove.")) -> None:
+    """Remove a profile."""
+    from streamav.emotion.profiles import remove_profile
+
+    remove_profile(name)
+    typer.echo(f"streamav: removed profile {name}", err=True)
 
 
 @app.command()

@@ -6,7 +6,8 @@
     [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode
     [spectrum] sample_rate_hz, window_samples, n_fft, hop_samples
     [publish]  endpoint, control_endpoint, stream_id, queue_size, send_hwm, curve_secret_key_file
-    [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir
+    [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir,
+               profile
     [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
                save_features
 
@@ -78,6 +79,7 @@ class ModelSectionConfig:
     precision: Literal["fp32", "fp16", "int8"] = "fp32"  # fp16/int8: tensorrt on cuda
     threads: int = 1  # intra-op threads of the model step (the other cores decode and track)
     engine_dir: str | None = None  # None: $STREAMAV_ENGINE_DIR, the checkout's engines/, or ~/.cache
+    profile: str | None = None  # a calibration profile (streamav calibrate) for the emotion
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ FLAGS = {
     "run.max_frames": "--max-frames", "run.duration_s": "--duration",
     "run.stats_json": "--stats-json", "run.save_features": "--save-features",
     "model.folder": "--model", "model.noise": "--noise", "model.backend": "--backend",
-    "model.device": "--device",
+    "model.device": "--device", "model.profile": "--profile",
 }
 
 # Inclusive (low, high) of every number; None: unbounded on that side. Values must be finite.

@@ -76,7 +76,8 @@ def _model_stage(config: LiveConfig, folder: Path, noise) -> ModelStage:
         raise InputError(f"the model reads {_MODEL_SPECTRUM_BINS}-bin spectra ([spectrum] "
                          f"n_fft = 1024), not {config.spectrum.n_bins}: keep n_fft or use "
                          "--no-model")
-    return ModelStage(folder, noise=noise, engine=_engine_options(config.model))
+    return ModelStage(folder, noise=noise, engine=_engine_options(config.model),
+                      profile=config.model.profile)
 
 
 def _engine_options(section) -> EngineOptions:
@@ -117,6 +118,12 @@ def check_inputs(config: LiveConfig) -> None:
     key = config.publish.curve_secret_key_file
     if key is not None and not Path(key).is_file():
         raise InputError(f"--curve-secret-key {key}: no such file")
+    if config.model.profile is not None:
+        from streamav.emotion.profiles import check_name, profile_exists
+
+        if not profile_exists(check_name(config.model.profile)):
+            raise InputError(f"--profile {config.model.profile}: no such profile "
+                             "(streamav profiles list; make one with streamav calibrate)")
 
 
 def run_live(config_path: Path | None, overrides: dict[str, Any]) -> RunSummary:

@@ -1,9 +1,13 @@
 """The MDVAE as a live pipeline stage: one causal step per frame with a face, and its messages.
 
-`ModelStage.step(crop_rgb, spectrum)` runs the model on the aligned face crop (corrupted first
-when `--noise` asks for it) and the frame's power spectrum, and returns the frame's `emotion`,
-`video.denoised` and `latent` payloads plus an `emotion.change` payload when the smoothed label
-changes. Frames without a face are not stepped: the state is held until the face is back.
+`ModelStage.step(crop_rgb, spectrum, frame_seq, mesh_crop_xy)` runs the model on the aligned
+face crop (corrupted first when `--noise` asks for it) and the frame's power spectrum, and the
+emotion estimator (streamav.emotion) on the face's geometry and the voice's prosody; it returns
+the frame's `emotion`, `video.denoised` and `latent` payloads plus an `emotion.change` payload
+when the smoothed label changes (never while the estimate is `uncertain`). Frames without a
+face are not stepped: the state is held until the face is back; a face lost for longer than
+the estimator's `person_lost_s` is taken as a new person (the model's state and the person's
+emotion baseline are reset), as are `reset()` calls (source_back, the control socket).
 Non-finite values anywhere in the step are caught by the model's `GuardedStream` (counted, the
 state reset) and nothing is published for that frame.
 
@@ -19,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from streamav.emotion.estimator import (EmotionEstimator, EmotionReading, EmotionSettings,
+                                        EmotionStream)
 from streamav.emotion.events import EmotionChangeDetector
-from streamav.errors import MissingDependencyError
+from streamav.emotion.features import frame_features
+from streamav.errors import InputError, MissingDependencyError
 from streamav.frontend.corruption import Corruption
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,13 @@ TORCH_HINT = ("the MDVAE needs PyTorch: pip install 'streamav[train]' (torch==2.
 def default_model_folder() -> Path:
     """The model shipped inside the package (streamav/data/model), which may be absent."""
     return Path(str(files("streamav.data") / "model"))
+
+
+def step_head_reading(probs: np.ndarray, labels: tuple[str, ...],
+                      uncertain_below: float) -> EmotionReading:
+    probs = np.asarray(probs, np.float64)
+    top = int(np.argmax(probs))
+    return EmotionReading(probs, labels[top], float(probs[top]), probs[top] < uncertain_below)
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,8 @@ class EngineOptions:
 
 class ModelStage:
     def __init__(self, folder: Path, noise: Corruption | None = None, fps: float = 30.0,
-                 seed: int = 0, engine: EngineOptions | None = None) -> None:
+                 seed: int = 0, engine: EngineOptions | None = None,
+                 profile: str | None = None) -> None:
         self.folder = Path(folder)
         self.engine_options = engine or EngineOptions()
         self.engine_label = ""
@@ -68,6 +83,9 @@ class ModelStage:
         self._rng = np.random.default_rng(seed)
         self._stream = None
         self._detector: EmotionChangeDetector | None = None
+        self._emotion: EmotionStream | None = None
+        self._last_face_seq: int | None = None
+        self.profile_name = profile
         self.labels: tuple[str, ...] = ()
 
     def start(self) -> None:
@@ -82,7 +100,17 @@ class ModelStage:
         options = self.engine_options
         torch.set_num_threads(options.threads)  # by default one: the others decode and track
         model = load_model(self.folder)
-        self.labels = tuple(model.labels)
+        if EmotionEstimator.present(self.folder):
+            estimator = EmotionEstimator.load(self.folder)
+            self._emotion = estimator.stream(self.fps, self._load_profile(estimator))
+            self.labels = tuple(estimator.labels)
+        else:  # a folder from `streamav train` before its emotion stage
+            if self.profile_name is not None:
+                raise InputError(f"--profile: the model {self.folder} has no emotion estimator "
+                                 "(streamav train emotion)")
+            log.warning("%s has no emotion estimator: emotion from the step's w head "
+                        "(fit one with `streamav train emotion`)", self.folder)
+            self.labels = tuple(model.labels)
         self._torch, self._face_to_model = torch, face_to_model  # imported once, used per frame
         engine = self._open_engine(model)
         self.engine_label = engine.spec.label
@@ -90,6 +118,24 @@ class ModelStage:
         self._detector = EmotionChangeDetector(self.labels, fps=self.fps)
         log.info("model %s (%s preset) loaded; step on %s", self.folder, model.cfg.preset,
                  self.engine_label)
+
+    def _load_profile(self, estimator: EmotionEstimator):
+        if self.profile_name is None:
+            return None
+        from streamav.emotion.profiles import load_profile
+
+        return load_profile(self.profile_name, estimator)
+
+    def use_profile(self, name: str | None) -> None:
+        """Switch to another calibration profile (None: none) from the next frame on."""
+        if self._emotion is None:
+            log.warning("profile %s not loaded: the model has no emotion estimator", name)
+            return
+        self.profile_name = name
+        estimator = self._emotion.estimator
+        self._emotion = estimator.stream(self.fps, self._load_profile(estimator))
+        if self._detector is not None:
+            self._detector.reset()
 
     def _open_engine(self, model):
         from streamav.engines import EngineCache
@@ -105,18 +151,29 @@ class ModelStage:
         return 0 if self._stream is None else self._stream.nonfinite_count
 
     def reset(self) -> None:
+        """A new person: the model's state, the emotion baseline and the change detector."""
         if self._stream is not None:
             self._stream.reset()
         if self._detector is not None:
             self._detector.reset()
+        if self._emotion is not None:
+            self._emotion.reset()
+        self._last_face_seq = None
 
     def stop(self) -> None:
         self._stream = None
 
-    def step(self, crop_rgb: np.ndarray, spectrum: np.ndarray | None, frame_seq: int
-             ) -> ModelMessages | None:
-        """One frame; None when the step produced non-finite values (state already reset)."""
+    def step(self, crop_rgb: np.ndarray, spectrum: np.ndarray | None, frame_seq: int,
+             mesh_crop_xy: np.ndarray) -> ModelMessages | None:
+        """One frame with a face; None when the step produced non-finite values (state
+        already reset)."""
         assert self._stream is not None and self._detector is not None, "start() first"
+        settings = (self._emotion.estimator.settings if self._emotion is not None
+                    else EmotionSettings())
+        if (self._last_face_seq is not None
+                and frame_seq - self._last_face_seq > settings.person_lost_s * self.fps):
+            self.reset()  # the face was gone long enough to be someone else now
+        self._last_face_seq = frame_seq
         torch, face_to_model = self._torch, self._face_to_model
         seen = self.noise.apply(crop_rgb, self._rng) if self.noise is not None else crop_rgb
         face = torch.from_numpy(np.ascontiguousarray(face_to_model(seen)))[None]
@@ -124,15 +181,24 @@ class ModelStage:
         out = self._stream.step(torch.from_numpy(np.ascontiguousarray(power))[None], face)
         if out is None:
             return None
-        probs = out.emotion_probs[0].numpy().astype(np.float64)
-        top = int(np.argmax(probs))
+        if self._emotion is not None:
+            features = frame_features(settings.groups, mesh_crop_xy=mesh_crop_xy,
+                                      spectrum=power, w=out.w_mean[0].numpy())
+            reading = self._emotion.step(features)
+        else:
+            reading = step_head_reading(out.emotion_probs[0].numpy(), self.labels,
+                                        settings.uncertain_below)
+        probs = reading.probs
         denoised = ((out.face_hat[0].permute(1, 2, 0).numpy() + 0.5) * 255.0 + 0.5)
         denoised_rgb = np.ascontiguousarray(denoised.clip(0, 255).astype(np.uint8))
-        change = self._detector.step(probs)
+        change = None if reading.uncertain else self._detector.step(probs)
+        baseline_s = float("inf") if self._emotion is None else self._emotion.baseline_age_s
         return ModelMessages(
             emotion={"labels": list(self.labels), "probs": probs.round(5).tolist(),
-                     "top": self.labels[top], "confidence": round(float(probs[top]), 5),
-                     "frame_seq": frame_seq},
+                     "top": reading.top, "confidence": round(reading.confidence, 5),
+                     "uncertain": reading.uncertain,
+                     "baseline_s": None if baseline_s == float("inf") else round(baseline_s, 2),
+                     "profile": self.profile_name, "frame_seq": frame_seq},
             denoised={"width": 64, "height": 64, "format": "rgb24", "frame_seq": frame_seq},
             denoised_rgb=denoised_rgb,
             latent={"w": out.w_mean[0].tolist(), "w_var": out.w_var[0].tolist(),

@@ -14,6 +14,7 @@ stops the stages and joins everything: no stage is stopped under a frame being p
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ import numpy as np
 
 from streamav.clock import NS_PER_S, now_ns, wall_anchor
 from streamav.config import LiveConfig
-from streamav.frontend.face import FaceResult
+from streamav.frontend.face import FaceResult, mesh_in_crop
 from streamav.model_stage import ModelMessages
 from streamav.frontend.spectrum import CausalPowerSpectrum
 from streamav.ring import AVRing, VideoFrame
@@ -112,6 +113,8 @@ class LivePipeline:
         self._worker_done = threading.Event()
         self._running = False  # the sources have started: a stop signal ends the run cleanly
         self._signalled: str | None = None  # a stop signal's reason, set by the handler only
+        self._model_reset = threading.Event()  # source_back or the control socket's `reset`
+        self._profile_requests: queue.SimpleQueue = queue.SimpleQueue()  # `profile.load`
         self._ring = AVRing(
             video_capacity_frames=config.ring.video_capacity_frames,
             audio_capacity_samples=int(config.ring.audio_capacity_s * MODEL_SAMPLE_RATE_HZ),
@@ -123,6 +126,28 @@ class LivePipeline:
             publisher.on_sent = self._on_sent
 
     # -- control ---------------------------------------------------------------------------
+
+    def _register_commands(self, control) -> None:
+        """`reset`: a new person (model state and emotion baseline); `profile.load` {name}
+        (null: none): switch the calibration profile. Both take effect at the next frame."""
+        def reset(_request: dict) -> dict:
+            self._model_reset.set()
+            return {}
+
+        def profile_load(request: dict) -> dict:
+            if self.model is None:
+                raise ValueError("no model is running")
+            name = request.get("name")
+            if name is not None:
+                from streamav.emotion.profiles import profile_exists
+
+                if not profile_exists(str(name)):
+                    raise ValueError(f"no profile named {name!r} (streamav profiles list)")
+            self._profile_requests.put(None if name is None else str(name))
+            return {"profile": name}
+
+        control.register("reset", reset)
+        control.register("profile.load", profile_load)
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -155,6 +180,7 @@ class LivePipeline:
             self.publisher.start()
             started.append(self.publisher)
             if self.control is not None:
+                self._register_commands(self.control)
                 self.control.start()
                 started.append(self.control)
             self.face.start()
@@ -287,7 +313,12 @@ class LivePipeline:
         messages = None
         if self.model is not None and face.found:
             t0 = now_ns()
-            messages = self.model.step(face.crop_rgb, spectrum, frame.seq)
+            if self._model_reset.is_set():
+                self._model_reset.clear()
+                self.model.reset()
+            while not self._profile_requests.empty():
+                self.model.use_profile(self._profile_requests.get())
+            messages = self.model.step(face.crop_rgb, spectrum, frame.seq, mesh_in_crop(face))
             record("model", now_ns() - t0)
             if messages is not None:
                 self._publish_model(messages, frame.t_capture_ns)
@@ -317,6 +348,8 @@ class LivePipeline:
 
     def _on_source_status(self, state: str, reason: str) -> None:
         log.warning("%s: %s", state.replace("_", " "), reason)
+        if state == "source_back":  # maybe someone else in front of the camera now
+            self._model_reset.set()
         self._publish_status(state, reason)
 
     def _publish_status(self, state: str, reason: str) -> None:

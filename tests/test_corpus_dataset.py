@@ -109,6 +109,7 @@ def _hand_made_cache(root: Path, face_found: np.ndarray) -> Path:
     np.savez(root / "clips" / "x.npz", face_crop_rgb=crops, face_found=face_found,
              face_box_xywh=np.zeros((n, 4), np.float32),
              landmarks_xy=np.zeros((n, 5, 2), np.float32),
+             mesh_crop_xy=np.zeros((n, 468, 2), np.float32),
              spectrum=np.tile(np.arange(n, dtype=np.float32)[:, None], (1, 513)),
              pts_s=np.arange(n) / 30.0, frame_seq=np.arange(n), meta_json=np.array("{}"))
     clip = {"clip_id": "x", "shard": "clips/x.npz", "speaker": "p", "emotion": "fear",

@@ -64,6 +64,9 @@ def fit_emotion_head(w: np.ndarray, labels: list[str] | np.ndarray, *,
     weights = np.zeros((len(classes), w.shape[1]))
     bias = np.zeros(len(classes))
     present = np.bincount(y, minlength=len(classes)) > 0
+    # at most 1 / L, L the gradient's Lipschitz bound: correlated inputs (neighbouring mesh
+    # points) make lambda_max(X^T X / N) large and a fixed step diverge
+    learning_rate = min(learning_rate, 1.0 / (0.5 * np.linalg.norm(x, 2) ** 2 / len(x) + l2))
     for _ in range(steps):
         p = softmax(x @ weights.T + bias)
         grad = (p - onehot) / len(y)

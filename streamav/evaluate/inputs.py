@@ -21,7 +21,7 @@ from streamav.corpus.labels import EMOTIONS, emotion_name, normalize_split
 from streamav.errors import InputError
 from streamav.model.io import load_model, read_model_config
 from streamav.model.streaming import StreamingModel
-from streamav.train.sequences import ClipSequence
+from streamav.train.sequences import ClipSequence, mesh_of
 
 TRAINING_STAGES = ("vqvae-audio", "vqvae-visual", "mdvae", "emotion")
 
@@ -127,4 +127,4 @@ def load_clip(ref: ClipRef) -> ClipSequence:
     return ClipSequence(ref.clip_id, ref.speaker, ref.emotion_index,
                         np.array(arrays["spectrum"], np.float32),
                         np.array(arrays["face_crop_rgb"], np.uint8),
-                        np.array(arrays["face_found"], bool), fps, traces)
+                        np.array(arrays["face_found"], bool), fps, traces, mesh_of(arrays))

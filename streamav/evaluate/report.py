@@ -64,6 +64,7 @@ class EvalSettings:
     segment_s: float = 3.0
     within_actor: bool | None = None  # None: only when the split has a single speaker
     identity_gallery: str | None = None  # a cache whose speakers' mean faces join the identity check
+    emotion_train_cache: str | None = None  # the estimator's training cache: adds the ablation
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -288,6 +289,8 @@ def _targets(report: dict) -> list[dict]:
     denoise = report["denoising"]
     den = denoise["corruptions"] if denoise.get("available") else {}
     identity = _get(denoise, "identity", "by_corruption") or {}
+    est = report["emotion"].get("estimator") or {}
+    neutral = est.get("neutral_speech") or {}
     rows = [
         ("fewshot_k5_online_2s_accuracy", ">=", 0.85,
          _get(few, "by_k", "5", "accuracy", "online_2s", "mean")),
@@ -305,6 +308,16 @@ def _targets(report: dict) -> list[dict]:
           for key, v in identity.items()),
         ("disentangle_mouth_z_av_over_z_v", ">=", 2.0,
          _get(report["disentanglement"], "mouth", "ratio_z_av_over_z_v")),
+        ("emotion_new_person_online_2s_accuracy", ">=", 0.85,
+         _get(est, "new_person", "accuracy", "online_2s")),
+        ("emotion_per_user_k2_accuracy", ">=", 0.92, _get(est, "per_user", "by_k", "2", "accuracy")),
+        ("emotion_ece", "<=", 0.08, _get(est, "new_person", "calibration", "ece")),
+        ("emotion_neutral_speech_neutral_or_uncertain_fraction", ">=", 10 / 11,
+         None if not neutral else neutral["neutral_or_uncertain"] / neutral["clips"]),
+        ("emotion_neutral_speech_confident_non_neutral", "<=", 0,
+         _get(neutral, "confident_non_neutral")),
+        ("emotion_neutral_speech_max_changes_per_clip", "<=", 2,
+         _get(neutral, "max_changes_per_clip")),
     ]
     out = []
     for name, op, threshold, value in rows:
@@ -315,6 +328,19 @@ def _targets(report: dict) -> list[dict]:
 
 
 # -- the whole evaluation ----------------------------------------------------------------------
+
+
+def _estimator_section(model: StreamingModel, model_folder, refs, results, settings) -> dict:
+    from streamav.evaluate.emotion import estimator_section
+    from streamav.train.sequences import run_clip
+
+    def train_w(clip) -> np.ndarray:
+        return run_clip(model, clip.spectrum, clip.face_crop_rgb).w_mean.numpy()
+
+    train_cache = Path(settings.emotion_train_cache) if settings.emotion_train_cache else None
+    return estimator_section(model_folder, [r.ref for r in results],
+                             {r.ref.clip_id: r.w for r in results}, seed=settings.seed,
+                             draws=settings.draws, train_cache=train_cache, train_w=train_w)
 
 
 def _fewshot_unit(settings: EvalSettings, refs: Sequence[ClipRef]) -> str:
@@ -388,6 +414,9 @@ def evaluate(model_folder: str | Path, cache: str | Path,
                "fewshot_speaker_disjoint": disjoint, "within_actor": within,
                "model_head": _model_head(model, results, "emotion" in model_info["trained_stages"],
                                          settings.online_s, settings.split)}
+    t1 = time.perf_counter()
+    emotion["estimator"] = _estimator_section(model, model_folder, refs, results, settings)
+    timing["emotion_estimator"] = time.perf_counter() - t1
     identity = identity_accuracy(clip_seqs, draws=settings.draws, online_s=settings.online_s,
                                  seed=settings.seed, min_context_s=settings.head_min_context_s,
                                  max_frames_per_sequence=settings.head_max_frames_per_sequence)
@@ -577,6 +606,34 @@ def print_summary(report: dict, console=None) -> None:
         table.add_row("within-actor: " + " / ".join(within["accuracy"]),
                       " / ".join(fmt(a["mean"]) for a in within["accuracy"].values()))
     table.add_row("emotion chance", fmt(emotion["chance"]))
+    est = emotion.get("estimator") or {}
+    if not est.get("available"):
+        table.add_row("emotion estimator", f"— ({est.get('reason')})")
+    if est.get("new_person"):
+        acc = est["new_person"]["accuracy"]
+        cal = est["new_person"]["calibration"]
+        table.add_row("estimator, new person: " + " / ".join(acc),
+                      " / ".join(fmt(a) for a in acc.values()))
+        table.add_row("estimator ECE / uncertain share / accuracy when certain",
+                      f"{fmt(cal['ece'])} / {fmt(cal['uncertain_fraction'])} / "
+                      f"{fmt(cal['accuracy_when_certain'])}")
+    if est.get("per_user"):
+        table.add_row("estimator, per-user profile k=" + " / ".join(est["per_user"]["by_k"]),
+                      " / ".join(fmt(v["accuracy"]) for v in est["per_user"]["by_k"].values()))
+    if est.get("neutral_speech"):
+        n = est["neutral_speech"]
+        table.add_row("neutral speech: neutral or uncertain / confident other / max changes",
+                      f"{n['neutral_or_uncertain']} of {n['clips']} / "
+                      f"{n['confident_non_neutral']} / {n['max_changes_per_clip']}")
+    if est.get("clips_no_profile") is not None:
+        outcomes = est["clips_no_profile"]
+        right = sum(o["top"] == o["label"] for o in outcomes)
+        table.add_row("clips without a profile: right (clip mean) / uncertain",
+                      f"{right} of {len(outcomes)} / {sum(o['uncertain'] for o in outcomes)}")
+    for row in est.get("ablation") or []:
+        table.add_row(f"ablation {'+'.join(row['groups'])}: online 2 s / per-user k=2 / ECE",
+                      f"{fmt(row['online']['online_2s'])} / {fmt(row['per_user_k2'])} / "
+                      f"{fmt(row['ece'])}")
     ident = report["identity"]
     table.add_row("identity (offline w)", fmt(_get(ident, "accuracy", "offline", "mean"))
                   if ident.get("available") else f"— ({ident['reason']})")

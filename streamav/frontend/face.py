@@ -222,6 +222,13 @@ def apply_affine(matrix_2x3: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
     return points_xy.astype(np.float64) @ matrix_2x3[:, :2].T + matrix_2x3[:, 2]
 
 
+def mesh_in_crop(face: "FaceResult") -> np.ndarray:
+    """(468, 2) float32: the face's mesh points in crop pixels, i.e. with the head's position,
+    size and roll (the alignment's similarity) removed; what is left is the face's shape,
+    expression and out-of-plane pose."""
+    return apply_affine(face.crop_from_source, face.mesh_xy).astype(np.float32)
+
+
 def warp_to_crop(image_rgb: np.ndarray, crop_from_source: np.ndarray, crop_size_px: int,
                  border_mode: int = cv2.BORDER_REPLICATE) -> np.ndarray:
     """Warp `image_rgb` into a (crop_size_px, crop_size_px, 3) crop with an anti-aliased resample.

@@ -10,6 +10,9 @@ Arrays (T frames):
     face_found     (T,) bool
     face_box_xywh  (T, 4) float32         source pixels, NaN where no face
     landmarks_xy   (T, 5, 2) float32      source pixels, NaN where no face
+    mesh_crop_xy   (T, 468, 2) float32    every FaceMesh point in crop pixels (the similarity
+                                          of the alignment removed: pose-normalised), NaN where
+                                          no face; the emotion features' face geometry
     spectrum       (T, 513) float32       power, zeros when the run has no audio
     pts_s          (T,) float64           the frame's time in its file (NaN for live devices)
     frame_seq      (T,) int64
@@ -26,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from streamav.config import LiveConfig, load_config
+from streamav.frontend.face import N_MESH_POINTS, mesh_in_crop
 
 # Bump when the front end's output changes for the same input (caches made before are stale).
-FRONTEND_VERSION = 1
+FRONTEND_VERSION = 2  # 2: mesh_crop_xy
 
-FEATURE_KEYS = ("face_crop_rgb", "face_found", "face_box_xywh", "landmarks_xy", "spectrum",
-                "pts_s", "frame_seq")
+FEATURE_KEYS = ("face_crop_rgb", "face_found", "face_box_xywh", "landmarks_xy", "mesh_crop_xy",
+                "spectrum", "pts_s", "frame_seq")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ClipFeatures:
     face_found: np.ndarray
     face_box_xywh: np.ndarray
     landmarks_xy: np.ndarray
+    mesh_crop_xy: np.ndarray
     spectrum: np.ndarray
     pts_s: np.ndarray
     frame_seq: np.ndarray
@@ -68,24 +73,27 @@ class FeatureRecorder:
         box = np.asarray(face.box_xywh, np.float32) if face.found else np.full(4, np.nan, np.float32)
         marks = (np.asarray(face.landmarks_xy, np.float32) if face.found
                  else np.full((5, 2), np.nan, np.float32))
+        mesh = (mesh_in_crop(face) if face.found
+                else np.full((N_MESH_POINTS, 2), np.nan, np.float32))
         spectrum = (result.spectrum if result.spectrum is not None
                     else np.zeros(self.n_bins, np.float32))
         pts = np.nan if frame.pts_s is None else frame.pts_s
         with self._lock:
-            self._rows.append((np.array(crop), bool(face.found), box, marks, spectrum, pts,
-                               frame.seq))
+            self._rows.append((np.array(crop), bool(face.found), box, marks, mesh, spectrum,
+                               pts, frame.seq))
 
     def features(self) -> ClipFeatures:
         with self._lock:
             rows = list(self._rows)
         if not rows:
             raise ValueError("no frames were recorded")
-        crops, found, boxes, marks, spectra, pts, seqs = zip(*rows)
+        crops, found, boxes, marks, meshes, spectra, pts, seqs = zip(*rows)
         return ClipFeatures(
             face_crop_rgb=np.stack(crops).astype(np.uint8),
             face_found=np.array(found, bool),
             face_box_xywh=np.stack(boxes).astype(np.float32),
             landmarks_xy=np.stack(marks).astype(np.float32),
+            mesh_crop_xy=np.stack(meshes).astype(np.float32),
             spectrum=np.stack(spectra).astype(np.float32),
             pts_s=np.array(pts, np.float64),
             frame_seq=np.array(seqs, np.int64),

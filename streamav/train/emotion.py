@@ -1,7 +1,14 @@
-"""The `emotion` stage: fit the head on the causal w of the training clips, put it in the model.
+"""The `emotion` stage: fit the emotion estimator (streamav.emotion) and the step's w head.
 
-Every frame from `min_context_s` on (the filter has seen that much of the clip) is one example of
-its clip's emotion. The fit itself is `streamav.emotion.head.fit_emotion_head` (seconds).
+- The estimator (what `streamav live` publishes as `emotion`): face geometry + voice prosody,
+  minus the person's running baseline, a softmax head fitted on the cache's train speakers and
+  temperatures on its val speakers (`streamav.emotion.fit.fit_estimator`, under a minute). It
+  is written next to the model as emotion.safetensors + emotion.json.
+- The step's own linear head on w (its `emotion_probs` output, kept for the engines' contract
+  and as the w-only ablation): every frame from `min_context_s` on is one example of its clip's
+  emotion (`streamav.emotion.head.fit_emotion_head`, seconds).
+
+Only labelled clips are used: an unlabelled folder (GRID, your own clips) teaches nothing here.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import numpy as np
 import torch
 
 from streamav.corpus.labels import EMOTIONS
+from streamav.emotion.estimator import EmotionSettings
 from streamav.emotion.head import EmotionHead, fit_emotion_head
 from streamav.errors import InputError
 from streamav.model.streaming import StreamingModel
@@ -57,3 +65,35 @@ def fit_model_emotion_head(model: StreamingModel, cache: Path) -> dict:
     accuracy = float(np.mean(np.array(head.predict(w)) == labels))
     return {"stage": "emotion", "examples": int(len(labels)),
             "classes_seen": sorted(set(labels.tolist())), "train_accuracy": round(accuracy, 4)}
+
+
+def labelled_frames(model: StreamingModel | None, cache: Path, split: str,
+                    groups: tuple[str, ...]) -> list:
+    """The labelled clips of a split as estimator inputs (w run through the model if needed)."""
+    from streamav.emotion.fit import clip_frames
+
+    frames = []
+    for clip in load_clips(cache, split):
+        if clip.emotion_index < 0:
+            continue
+        w = (run_clip(model, clip.spectrum, clip.face_crop_rgb).w_mean.numpy()
+             if "w" in groups and model is not None else None)
+        frames.append(clip_frames(clip, groups, w))
+    return frames
+
+
+def fit_model_estimator(model: StreamingModel, cache: Path, out: Path,
+                        settings: EmotionSettings | None = None, seed: int = 0) -> dict:
+    """Fit the estimator on the cache's train (head) and val (temperatures) speakers; save it
+    into the model folder `out`."""
+    from streamav.emotion.fit import fit_estimator
+
+    settings = settings or EmotionSettings()
+    train = labelled_frames(model, cache, "train", settings.groups)
+    val = labelled_frames(model, cache, "val", settings.groups)
+    if not train:
+        raise InputError(f"no labelled clips in the train split of {cache}")
+    estimator = fit_estimator(train, val, tuple(model.labels), settings, seed=seed)
+    estimator.metrics["cache"] = str(cache)
+    estimator.save(out)
+    return {"estimator": estimator.metrics}

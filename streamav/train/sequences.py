@@ -25,6 +25,11 @@ class ClipSequence:
     face_found: np.ndarray  # (T,) bool
     fps: float
     traces: dict[str, np.ndarray]  # name -> (T,) float32, empty when the corpus has none
+    mesh_crop_xy: np.ndarray | None = None  # (T, 468, 2) float32 crop px; None in old caches
+
+
+def mesh_of(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    return np.array(arrays["mesh_crop_xy"], np.float32) if "mesh_crop_xy" in arrays else None
 
 
 def load_clips(cache: Path, split: str | None) -> list[ClipSequence]:
@@ -46,7 +51,8 @@ def load_clips(cache: Path, split: str | None) -> list[ClipSequence]:
                    for i, name in enumerate(names)} if "traces" in arrays and names else {})
         clips.append(ClipSequence(clip["clip_id"], clip["speaker"], int(clip["emotion_index"]),
                                   np.array(arrays["spectrum"], np.float32),
-                                  np.array(arrays["face_crop_rgb"], np.uint8), found, fps, traces))
+                                  np.array(arrays["face_crop_rgb"], np.uint8), found, fps, traces,
+                                  mesh_of(arrays)))
     return clips
 
 

@@ -8,7 +8,7 @@
     refine        the identity path's fusion (streamav/model/refine.py) on windows of corrupted
                   crops (REFINE_CORRUPTIONS, clean included) with the clean crop as target and
                   the audio zeroed on a quarter of them, everything else frozen
-    emotion       the emotion head on the causal w of the training clips (logistic regression)
+    emotion       the emotion estimator (geometry + prosody, streamav.emotion) and the w head
 
 Each stage reads the model folder `--out` if it exists (the earlier stages' weights), trains its
 part, and writes the folder back (safetensors + config.json). Training state for resume lives in
@@ -227,9 +227,10 @@ def train_stage(stage: str, cache: Path, out: Path, *, preset: str = "default",
         raise InputError("--device cuda: no CUDA device is available to PyTorch here")
     model = open_model(out, preset)
     if stage == "emotion":
-        from streamav.train.emotion import fit_model_emotion_head
+        from streamav.train.emotion import fit_model_emotion_head, fit_model_estimator
 
         summary = fit_model_emotion_head(model, cache)
+        summary.update(fit_model_estimator(model, cache, out, seed=seed))
     else:
         model.to(device)
         summary = _train_network(stage, model, cache, out, steps, batch_size, learning_rate, seed,

@@ -1,0 +1,243 @@
+"""Fitting the emotion estimator and per-user profiles (numpy, seconds to a minute on a CPU).
+
+Training data are *sessions*: each speaker's clips played back to back in a seeded random order
+through one `EmotionStream`, so the person's baseline is carried from clip to clip exactly as in
+a live run (it starts at the population prior and learns the person over the session). The head
+is fitted on the training speakers' smoothed, normalised features (frames from
+`SKIP_CLIP_START_S` into each clip, where the previous clip's expression has faded from the
+smoothing); the temperature per baseline-age bucket is fitted on the validation speakers'
+sessions by minimising the negative log-likelihood.
+
+A profile (`fit_profile`) is fitted on one person's labelled calibration clips: its fixed
+baseline is the mean of their neutral frames moved by the population's average-minus-neutral
+offset (or, without a neutral clip, the mean of all their frames), and with two labels or more
+a person head is fitted on top of the population head (its logits are the offset), with L2
+towards zero so that few examples move it only as far as they support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from streamav.emotion.estimator import (AGE_EDGES_S, EmotionEstimator, EmotionSettings,
+                                        EmotionStream, Profile, softmax)
+from streamav.emotion.features import frame_features
+from streamav.emotion.head import fit_emotion_head
+from streamav.errors import InputError
+
+SKIP_CLIP_START_S = 0.5
+FRAME_STRIDE = 3  # every third frame of a clip is a training example (neighbours are alike)
+TEMPERATURE_GRID = np.geomspace(0.25, 40.0, 81)
+MIN_BUCKET_FRAMES = 50
+
+
+@dataclass(frozen=True)
+class ClipFrames:
+    """One clip's per-frame features (frames without a face are skipped by the stream)."""
+
+    clip_id: str
+    speaker: str
+    label: str  # "" when unlabelled
+    fps: float
+    features: np.ndarray  # (T, D) float64
+    face_found: np.ndarray  # (T,) bool
+
+
+@dataclass(frozen=True)
+class ClipRun:
+    """A clip as a stream saw it: smoothed features and baseline age per frame (NaN where the
+    stream had seen no face of this clip yet)."""
+
+    clip: ClipFrames
+    smoothed: np.ndarray  # (T, D)
+    age_s: np.ndarray  # (T,)
+
+
+def clip_frames(clip, groups: Sequence[str], w: np.ndarray | None = None) -> ClipFrames:
+    """A `ClipSequence` (with mesh_crop_xy) → its ClipFrames for the feature `groups`."""
+    from streamav.corpus.labels import emotion_name
+
+    if "geometry" in groups and clip.mesh_crop_xy is None:
+        raise InputError(f"clip {clip.clip_id}: the cache has no face mesh (made before "
+                         "streamav stored it); rebuild it with `streamav corpus cache`")
+    if "w" in groups and w is None:
+        raise InputError("the feature group 'w' needs the model's w for every clip")
+    mesh = None if clip.mesh_crop_xy is None else np.nan_to_num(clip.mesh_crop_xy)
+    features = frame_features(tuple(groups), mesh_crop_xy=mesh, spectrum=clip.spectrum, w=w)
+    return ClipFrames(clip.clip_id, clip.speaker, emotion_name(clip.emotion_index), clip.fps,
+                      features.astype(np.float64), np.asarray(clip.face_found, bool))
+
+
+def run_clip(stream: EmotionStream, clip: ClipFrames) -> ClipRun:
+    """Feed one clip through a stream (its state carried in and out)."""
+    smoothed = np.full(clip.features.shape, np.nan)
+    age = np.full(len(clip.features), np.nan)
+    for t in range(len(clip.features)):
+        if clip.face_found[t]:
+            stream.smooth(clip.features[t])
+        if stream.smoothed is not None and (t > 0 or clip.face_found[0]):
+            smoothed[t] = stream.smoothed
+            age[t] = stream.baseline_age_s
+    return ClipRun(clip, smoothed, age)
+
+
+def session_order(clips: Sequence[ClipFrames], seed: int) -> list[list[ClipFrames]]:
+    """Per speaker (sorted), their clips in a seeded random order."""
+    sessions = []
+    for speaker in sorted({c.speaker for c in clips}):
+        mine = [c for c in clips if c.speaker == speaker]
+        rng = np.random.default_rng([seed, 31, *speaker.encode()])
+        sessions.append([mine[i] for i in rng.permutation(len(mine))])
+    return sessions
+
+
+def run_sessions(estimator: EmotionEstimator, clips: Sequence[ClipFrames], seed: int
+                 ) -> list[ClipRun]:
+    """Every speaker's session through a fresh stream each (`session_order`)."""
+    runs = []
+    for session in session_order(clips, seed):
+        stream = estimator.stream(session[0].fps)
+        runs += [run_clip(stream, clip) for clip in session]
+    return runs
+
+
+def examples(runs: Sequence[ClipRun], labels: Sequence[str]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D) smoothed features, (N,) label index, (N,) baseline age of the training frames."""
+    index = {name: i for i, name in enumerate(labels)}
+    xs, ys, ages = [], [], []
+    for run in runs:
+        if run.clip.label not in index:
+            continue
+        start = int(round(SKIP_CLIP_START_S * run.clip.fps))
+        frames = np.arange(start, len(run.smoothed), FRAME_STRIDE)
+        frames = frames[run.clip.face_found[frames] & ~np.isnan(run.age_s[frames])]
+        xs.append(run.smoothed[frames])
+        ys.append(np.full(len(frames), index[run.clip.label]))
+        ages.append(run.age_s[frames])
+    if not xs:
+        raise InputError("no labelled frames to fit the emotion estimator on")
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ages)
+
+
+def population_prior(clips: Sequence[ClipFrames]) -> np.ndarray:
+    """The mean of the speakers' mean features (each speaker weighs the same)."""
+    per_speaker = []
+    for speaker in sorted({c.speaker for c in clips}):
+        rows = np.concatenate([c.features[c.face_found] for c in clips if c.speaker == speaker])
+        per_speaker.append(rows.mean(axis=0))
+    return np.mean(per_speaker, axis=0)
+
+
+def class_offsets(clips: Sequence[ClipFrames], labels: Sequence[str]) -> np.ndarray:
+    """(C, D): over speakers, the mean of (a class's mean features - the speaker's average over
+    their classes); zeros for a class no speaker has."""
+    offsets = np.zeros((len(labels), clips[0].features.shape[1]))
+    counts = np.zeros(len(labels))
+    for speaker in sorted({c.speaker for c in clips}):
+        means = {label: np.concatenate([c.features[c.face_found] for c in clips
+                                        if c.speaker == speaker and c.label == label]).mean(0)
+                 for label in labels
+                 if any(c.speaker == speaker and c.label == label for c in clips)}
+        if len(means) < len(labels):
+            continue
+        average = np.mean(list(means.values()), axis=0)
+        for i, label in enumerate(labels):
+            offsets[i] += means[label] - average
+            counts[i] += 1
+    return offsets / np.maximum(counts, 1)[:, None]
+
+
+def fit_temperatures(logits: np.ndarray, truth: np.ndarray, ages: np.ndarray) -> np.ndarray:
+    """Per baseline-age bucket, the temperature minimising the NLL (buckets with too few frames
+    take the next older bucket's)."""
+    buckets = np.searchsorted(AGE_EDGES_S, ages, side="right")
+    temperatures = np.full(len(AGE_EDGES_S) + 1, np.nan)
+    for b in range(len(temperatures)):
+        rows = buckets == b
+        if rows.sum() < MIN_BUCKET_FRAMES:
+            continue
+        nll = [-np.mean(np.log(softmax(logits[rows] / t)[np.arange(rows.sum()), truth[rows]]
+                               + 1e-12)) for t in TEMPERATURE_GRID]
+        temperatures[b] = TEMPERATURE_GRID[int(np.argmin(nll))]
+    for b in range(len(temperatures) - 1, -1, -1):
+        if np.isnan(temperatures[b]):
+            temperatures[b] = temperatures[b + 1] if b + 1 < len(temperatures) else 1.0
+    return temperatures
+
+
+def fit_estimator(train: Sequence[ClipFrames], val: Sequence[ClipFrames],
+                  labels: Sequence[str], settings: EmotionSettings = EmotionSettings(), *,
+                  l2: float = 1e-2, seed: int = 0) -> EmotionEstimator:
+    """Fit the head on the training speakers' sessions, the temperatures on the validation
+    speakers' (see the module doc)."""
+    settings.validate()
+    labels = tuple(labels)
+    dim = train[0].features.shape[1]
+    estimator = EmotionEstimator(labels, settings, population_prior(train),
+                                 np.zeros((len(labels), dim)), np.zeros(len(labels)),
+                                 np.ones(len(AGE_EDGES_S) + 1), class_offsets(train, labels),
+                                 np.ones(dim))
+    x, y, _ = examples(run_sessions(estimator, train, seed), labels)
+    head = fit_emotion_head(x, np.array(labels)[y], classes=labels, l2=l2)
+    estimator.weights = head.weights.astype(np.float64)
+    estimator.bias = head.bias.astype(np.float64)
+    estimator.feature_scale = x.std(axis=0) + 1e-6
+    if val:
+        xv, yv, age_v = examples(run_sessions(estimator, val, seed), labels)
+        estimator.temperatures = fit_temperatures(estimator.logits(xv), yv, age_v)
+    estimator.metrics = {"train_frames": int(len(y)),
+                         "train_speakers": len({c.speaker for c in train}),
+                         "val_speakers": len({c.speaker for c in val}),
+                         "train_accuracy": float(np.mean(estimator.logits(x).argmax(1) == y)),
+                         "temperatures": estimator.temperatures.round(3).tolist()}
+    return estimator
+
+
+def safe_step(z: np.ndarray, l2: float, learning_rate: float) -> float:
+    """A gradient step that cannot diverge on softmax cross-entropy + L2: at most 1 / L, with
+    L = lambda_max(Z^T Z / N) / 2 + l2 the gradient's Lipschitz bound (correlated features, as
+    neighbouring mesh points are, make lambda_max large)."""
+    lipschitz = 0.5 * np.linalg.norm(z, 2) ** 2 / len(z) + l2
+    return min(learning_rate, 1.0 / lipschitz)
+
+
+def fit_profile(estimator: EmotionEstimator, name: str, clips: Sequence[ClipFrames], *,
+                l2: float = 0.1, steps: int = 300, learning_rate: float = 0.5) -> Profile:
+    """A person's profile from their labelled calibration clips (see the module doc)."""
+    labels = estimator.labels
+    unknown = sorted({c.label for c in clips} - set(labels))
+    if unknown:
+        raise InputError(f"unknown label(s) {unknown}: use one of {', '.join(labels)}")
+    clips = [c for c in clips if c.face_found.any()]
+    if not clips:
+        raise InputError("no face in the calibration clips")
+    seen = sorted({c.label for c in clips}, key=labels.index)
+    class_means = [np.concatenate([c.features[c.face_found] for c in clips if c.label == label])
+                   .mean(axis=0) for label in seen]
+    offsets = estimator.class_offsets[[labels.index(label) for label in seen]]
+    # the person's average expression, estimated from the classes they showed
+    baseline = np.mean(class_means, axis=0) - offsets.mean(axis=0)
+    profile = Profile(name, baseline, labels_seen=tuple(seen), groups=estimator.settings.groups)
+    if len(seen) < 2 or l2 <= 0:
+        return profile
+    runs = [run_clip(EmotionStream(estimator, c.fps, profile), c) for c in clips]
+    x, y, _ = examples(runs, labels)
+    t = estimator.temperatures[-1]
+    offset = estimator.logits(x) / t
+    z = x / estimator.feature_scale  # the population's scale: a person's few clips have little
+    onehot = np.eye(len(labels))[y]
+    weights, bias = np.zeros((len(labels), x.shape[1])), np.zeros(len(labels))
+    rate = safe_step(z, l2, learning_rate)
+    for _ in range(steps):
+        grad = (softmax(offset + z @ weights.T + bias) - onehot) / len(y)
+        weights -= rate * (grad.T @ z + l2 * weights)
+        bias -= rate * (grad.sum(axis=0) + l2 * bias)
+    # the stream divides the summed logits by the mature temperature: scale the person's part
+    # so that it survives that division
+    profile.weights = weights / estimator.feature_scale * t
+    profile.bias = bias * t
+    return profile
