@@ -6,7 +6,9 @@
        (the real clips go to the training split: they teach the model real faces and voices);
     3. the feature cache of it (`streamav corpus cache`) and of CREMA-D alone (for the real-data
        evaluation);
-    4. the four stages (`streamav train vqvae-audio | vqvae-visual | mdvae | emotion`);
+    4. the stages (`streamav train vqvae-audio | vqvae-visual | mdvae | refine`), then
+       `streamav train emotion` on a cache of the synthetic corpus alone (the emotion estimator
+       and the step's w head never see CREMA-D's labels, the real test, nor GRID's "neutral");
     5. the evaluation (`streamav eval`) on the held-out synthetic speakers and on CREMA-D;
     6. the model, as fp16 safetensors, into streamav/data/model/, with the evaluation JSON and a
        summary that MODEL_CARD.md quotes.
@@ -20,8 +22,10 @@ path alone, 67 min on the 2-core CPU (2 threads) plus ~6 min of caching and ~10 
     python scripts/train_default.py --work out/model_v2 --synth out/synth20 \
         --eval-synth out/synth_eval --init-from out/model_v1 --refine-steps 2100 --threads 2
 (v2 itself ran its first 1,600 refine steps before real-face windows were drawn with
-probability 0.35; the recipe now draws them from the start). All stages take --device cuda
-through `streamav train` unchanged.
+probability 0.35; the recipe now draws them from the start). v2.1 (the emotion estimator) is v2
+plus `streamav train emotion --cache <synth20 cache>` (5 min: the w head runs the model over
+480 clips; the estimator's own fit is ~15 s). All stages take --device cuda through
+`streamav train` unchanged.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 STAGE_STEPS = {"vqvae-audio": 1500, "vqvae-visual": 2000, "mdvae": 1500, "refine": 1500}
-FROM_EARLIER_MODEL = ("vqvae-audio", "vqvae-visual", "mdvae", "emotion")  # --init-from reuses
+FROM_EARLIER_MODEL = ("vqvae-audio", "vqvae-visual", "mdvae")  # --init-from reuses these
 # GRID (../shared/data/grid, CC BY 4.0): the sample clips' speakers (two clips are one man), and
 # the three speakers kept out of training for the real-face denoising check.
 GRID_SPEAKERS = {"id2_vcd_swwp2s": "pwij3p"}
@@ -199,6 +203,10 @@ def main() -> int:
     if args.eval_synth is not None:
         timed("cache_eval_synth", "corpus", "cache", str(args.eval_synth.resolve()), "--format",
               "synth", "--out", str(work / "cache_eval_synth"))
+    # The emotion estimator learns from synthetic labels only: CREMA-D's labels are the real
+    # test and GRID's "neutral" must not be taught (issue #10).
+    timed("cache_emotion", "corpus", "cache", str(synth), "--format", "synth", "--out",
+          str(work / "cache_emotion"), "--split-seed", str(args.seed))
     model = work / "model"
     if args.init_from is not None and not (model / "config.json").is_file():
         init_from(args.init_from.resolve(), model)
@@ -214,8 +222,8 @@ def main() -> int:
               "--steps", str(steps), "--seed", str(args.seed),
               "--threads", str(args.threads),
               *(["--window-frames", str(args.mdvae_window)] if stage == "mdvae" else []))
-    if args.init_from is None:
-        timed("emotion", "train", "emotion", "--cache", str(work / "cache"), "--out", str(model))
+    timed("emotion", "train", "emotion", "--cache", str(work / "cache_emotion"), "--out",
+          str(model))
     if args.eval_synth is not None:
         timed("eval_synth", "eval", "--model", str(model), "--cache",
               str(work / "cache_eval_synth"), "--split", "all", "--json",
@@ -242,6 +250,9 @@ def main() -> int:
         shutil.rmtree(target, ignore_errors=True)
         meta = json.loads((model / "config.json").read_text())
         save_model(load_model(model), target, half=True, extra=meta.get("extra", {}))
+        from streamav.emotion.estimator import EmotionEstimator
+
+        EmotionEstimator.load(model).save(target)
         print(f"installed the model in {target}")
     print(json.dumps(summary, indent=2))
     return 0
