@@ -221,10 +221,17 @@ def estimator_section(model_folder, refs, w_by_clip: dict[str, np.ndarray], *, s
 
         train_clips = [c for c in load_clips(train_cache, "train") if c.emotion_index >= 0]
         val_clips = [c for c in load_clips(train_cache, "val") if c.emotion_index >= 0]
+        ws: dict[str, np.ndarray] = {}  # each training clip's w, run once for every variant
+
+        def w_of(clip) -> np.ndarray:
+            if clip.clip_id not in ws:
+                ws[clip.clip_id] = train_w(clip)
+            return ws[clip.clip_id]
+
         rows = []
         for groups in ABLATION_GROUPS:
             def inputs(seqs):
-                return [clip_frames(c, groups, train_w(c) if "w" in groups else None)
+                return [clip_frames(c, groups, w_of(c) if "w" in groups else None)
                         for c in seqs]
             variant = fit_estimator(inputs(train_clips), inputs(val_clips), estimator.labels,
                                     replace_groups(estimator.settings, groups), seed=seed)
