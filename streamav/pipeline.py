@@ -373,6 +373,7 @@ class LivePipeline:
             dropped_frames=self._ring.video.dropped_frames,
             audio_overflows=self._ring.audio_overflows,
             audio_samples_lost=self._ring.audio.overwritten_samples,
+            has_audio=self.has_audio,
             publish_dropped=counters,
         )
 

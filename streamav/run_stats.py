@@ -69,7 +69,7 @@ class RunStats:
 
     def payload(self, *, final: bool, dropped_frames: int, audio_overflows: int,
                 nonfinite_frames: int, model_engine: str | None = None,
-                audio_samples_lost: int, publish_dropped: int) -> dict:
+                audio_samples_lost: int, publish_dropped: int, has_audio: bool = True) -> dict:
         """The `stats` message: this window's numbers, or the whole run's when `final`."""
         t_now = now_ns()
         with self._lock:
@@ -92,6 +92,7 @@ class RunStats:
             "dropped_frames": dropped_frames,
             "audio_overflows": audio_overflows,
             "audio_samples_lost": audio_samples_lost,
+            "has_audio": has_audio,
             "publish_dropped": publish_dropped,
             "nonfinite_frames": nonfinite_frames,
             "model_engine": model_engine,

@@ -113,3 +113,61 @@ def _blank_video(path: Path) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def test_control_socket_loads_a_profile_and_resets(env):
+    """`profile.load` switches the profile of a running `live` (its `emotion` messages say so and
+    read against a fixed baseline), an unknown name answers ok false, `reset` answers ok."""
+    require_shared_data()
+    import time
+
+    import zmq
+
+    from conftest import OBAMA
+    from streamav.wire.control import request
+    from streamav.wire.protocol import decode
+
+    clip = CREMA_D_CLIPS[0]
+    made = _cli(env, "calibrate", "--profile", "me", "--label", real.crema_label(clip),
+                "--video", str(clip))
+    assert made.returncode == 0, made.stderr
+    pub, ctl = free_tcp_port(), free_tcp_port()
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"emotion")
+    sub.connect(f"tcp://127.0.0.1:{pub}")
+    process = subprocess.Popen(
+        [*real.streamav_command(), "live", "--video", str(OBAMA), "--no-preview",
+         "--publish", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{ctl}",
+         "--duration", "20"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        endpoint = f"tcp://127.0.0.1:{ctl}"
+        reply = None
+        for _ in range(200):  # the model and its engine load first
+            try:
+                reply = request(endpoint, "profile.load", timeout_s=0.5, name="nobody")
+                break
+            except Exception:
+                time.sleep(0.1)
+        assert reply is not None and reply["ok"] is False and "nobody" in reply["error"]
+        assert request(endpoint, "profile.load", name="me")["ok"] is True
+        deadline, seen = time.monotonic() + 15, None
+        while time.monotonic() < deadline and seen is None:
+            if sub.poll(500):
+                payload = decode(sub.recv_multipart()).payload
+                if payload.get("profile") == "me":
+                    seen = payload
+        assert seen is not None and seen["baseline_s"] is None  # a profile's fixed baseline
+        assert request(endpoint, "reset")["ok"] is True
+        assert request(endpoint, "profile.load", name=None)["ok"] is True
+        deadline, unprofiled = time.monotonic() + 10, None
+        while time.monotonic() < deadline and unprofiled is None:
+            if sub.poll(500):
+                payload = decode(sub.recv_multipart()).payload
+                if payload.get("profile") is None:
+                    unprofiled = payload
+        assert unprofiled is not None and unprofiled["baseline_s"] < 10  # a fresh running baseline
+        process.terminate()
+        assert process.wait(30) == 0, process.stderr.read()
+    finally:
+        process.kill()
+        sub.close(linger=0)

@@ -171,8 +171,14 @@ with av.open({str(silent)!r}, "w") as dst:
         for p in out.encode(f): dst.mux(p)
     for p in out.encode(None): dst.mux(p)
 """], check=True)
-    _assert_clean_failure(run_cli("live", "--video", str(silent), "--no-preview"), 2,
-                          "has no audio stream")
+    stats = tmp_path / "stats.json"
+    result = run_cli("live", "--video", str(silent), "--no-preview", "--no-model",
+                     "--stats-json", str(stats))
+    assert result.returncode == 0, result.stderr  # video alone, with one warning
+    warnings = [line for line in result.stderr.splitlines() if "has no audio stream" in line]
+    assert len(warnings) == 1 and "Traceback" not in result.stderr, result.stderr
+    final = json.loads(stats.read_text())["stats"]
+    assert final["has_audio"] is False and final["frames"] == 5
 
 
 def test_audio_file_with_no_video_stream_as_video(tmp_path):

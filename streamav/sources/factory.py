@@ -23,7 +23,8 @@ def build_sources(config: LiveConfig) -> list[Source]:
         and src.audio is None
     if src.video is not None:
         sources.append(MediaFileSource(src.video, realtime=realtime, use_video=True,
-                                       use_audio=audio_from_video))
+                                       use_audio=audio_from_video,
+                                       audio_optional=audio_from_video))
     else:
         sources.append(CameraSource(src.camera if src.camera is not None else 0, config.camera))
     if src.no_audio or audio_from_video:

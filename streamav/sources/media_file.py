@@ -55,7 +55,10 @@ class MediaFileSource(ReplayingSource):
     """Video and/or audio from a media file or URL (PyAV)."""
 
     def __init__(self, location: str, *, realtime: bool, use_video: bool = True,
-                 use_audio: bool = True, anchor_ns: int | None = None) -> None:
+                 use_audio: bool = True, anchor_ns: int | None = None,
+                 audio_optional: bool = False) -> None:
+        """`audio_optional`: a file without an audio stream runs on its video alone (one
+        warning) instead of failing; the model then hears silence."""
         self.location = str(location)
         self.name = f"file:{Path(self.location).name}" if not is_url(self.location) else self.location
         self.realtime = realtime
@@ -69,7 +72,12 @@ class MediaFileSource(ReplayingSource):
         if use_video and n_video == 0:
             raise InputError(f"{self.location} has no video stream")
         if use_audio and n_audio == 0:
-            raise InputError(f"{self.location} has no audio stream (use --no-audio, or --audio/--mic)")
+            if not audio_optional:
+                raise InputError(f"{self.location} has no audio stream (use --no-audio, or "
+                                 "--audio/--mic)")
+            log.warning("%s has no audio stream: running on its video alone, the model hears "
+                        "silence (--audio FILE or --mic adds sound)", self.location)
+            use_audio = False
         if not use_video and not use_audio:
             raise InputError("a media source needs video or audio")
         self.has_video = use_video
