@@ -31,6 +31,17 @@ def display_available() -> tuple[bool, str]:
     return True, ""
 
 
+def emotion_line(emotion: dict) -> str:
+    """The preview's emotion text: the top class and its probability, marked when uncertain."""
+    text = f"{emotion['top']} {emotion['confidence']:.2f}"
+    if not emotion.get("uncertain"):
+        return text
+    seen_s = emotion.get("baseline_s")
+    if seen_s is not None and seen_s < 3.0:
+        return f"uncertain: learning this face ({seen_s:.0f} s)"
+    return f"uncertain ({text})"
+
+
 def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | None = None,
                    audio_level_dbfs: float | None = None, fps: float | None = None,
                    latency_ms: float | None = None, denoised_rgb: np.ndarray | None = None,
@@ -90,8 +101,7 @@ class PreviewWindow:
                         latest.audio_level_dbfs, pipeline.stats.recent_fps(),
                         stats.percentile_ms(50),
                         denoised_rgb=None if model is None else model.denoised_rgb,
-                        emotion=None if model is None else
-                        f"{model.emotion['top']} {model.emotion['confidence']:.2f}")
+                        emotion=None if model is None else emotion_line(model.emotion))
                     cv2.imshow(self.title, image)
                 key = cv2.waitKey(15) & 0xFF
                 if key in (ord("q"), 27):

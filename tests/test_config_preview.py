@@ -75,3 +75,14 @@ def test_render_preview_draws_frame_box_crop_and_meter():
     assert 80 <= filled <= 90  # -20 dBFS fills 2/3 of the -60..0 scale
     silent = render_preview(frame, None, None, audio_level_dbfs=None)
     assert (silent[:240, :320] == 50).all()  # no box drawn when no face
+
+
+def test_preview_emotion_line_says_when_it_is_uncertain():
+    from streamav.preview import emotion_line
+
+    certain = {"top": "happy", "confidence": 0.81, "uncertain": False, "baseline_s": 12.0}
+    assert emotion_line(certain) == "happy 0.81"
+    young = {"top": "sad", "confidence": 0.14, "uncertain": True, "baseline_s": 1.2}
+    assert emotion_line(young) == "uncertain: learning this face (1 s)"
+    later = {"top": "sad", "confidence": 0.41, "uncertain": True, "baseline_s": None}
+    assert emotion_line(later) == "uncertain (sad 0.41)"
