@@ -32,14 +32,14 @@ def display_available() -> tuple[bool, str]:
 
 
 def emotion_line(emotion: dict) -> str:
-    """The preview's emotion text: the top class and its probability, marked when uncertain."""
-    text = f"{emotion['top']} {emotion['confidence']:.2f}"
+    """The preview's emotion text (the panel fits ~18 characters): the top class and its
+    probability, or `unsure: <top>`, or `learning face` in a person's first seconds."""
     if not emotion.get("uncertain"):
-        return text
+        return f"{emotion['top']} {emotion['confidence']:.2f}"
     seen_s = emotion.get("baseline_s")
     if seen_s is not None and seen_s < 3.0:
-        return f"uncertain: learning this face ({seen_s:.0f} s)"
-    return f"uncertain ({text})"
+        return f"learning face {seen_s:.0f}s"
+    return f"unsure: {emotion['top']}"
 
 
 def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | None = None,

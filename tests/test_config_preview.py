@@ -83,6 +83,7 @@ def test_preview_emotion_line_says_when_it_is_uncertain():
     certain = {"top": "happy", "confidence": 0.81, "uncertain": False, "baseline_s": 12.0}
     assert emotion_line(certain) == "happy 0.81"
     young = {"top": "sad", "confidence": 0.14, "uncertain": True, "baseline_s": 1.2}
-    assert emotion_line(young) == "uncertain: learning this face (1 s)"
-    later = {"top": "sad", "confidence": 0.41, "uncertain": True, "baseline_s": None}
-    assert emotion_line(later) == "uncertain (sad 0.41)"
+    assert emotion_line(young) == "learning face 1s"
+    later = {"top": "disgusted", "confidence": 0.41, "uncertain": True, "baseline_s": None}
+    assert emotion_line(later) == "unsure: disgusted"
+    assert max(len(emotion_line(e)) for e in (certain, young, later)) <= 18  # the panel's width
