@@ -199,18 +199,21 @@ class LivePipeline:
                 started.append(source)
             worker = threading.Thread(target=self._work, name="streamav-worker", daemon=True)
             worker.start()
-            self._wait(worker)
-            final = self._finish()
+            with interrupts_deferred():  # a Ctrl-C now ends the run: what follows is shutdown
+                self._wait(worker)
+                final = self._finish()
         finally:
-            if worker is not None:
-                self._finish_worker(worker, "stopped")  # never stop stages under a frame
-            self._ring.abort()
-            for component in reversed(started):
-                if component is self.publisher:
-                    continue
-                component.stop()
-            if self.publisher in started:
-                self.publisher.stop()
+            # further Ctrl-Cs must not lose the final stats or leave stages half stopped
+            with interrupts_deferred(raise_first=False):
+                if worker is not None:
+                    self._finish_worker(worker, "stopped")  # never stop stages under a frame
+                self._ring.abort()
+                for component in reversed(started):
+                    if component is self.publisher:
+                        continue
+                    component.stop()
+                if self.publisher in started:
+                    self.publisher.stop()
         self._raise_errors()
         return RunSummary(final_stats=final, stop_reason=self._stop_reason)
 
@@ -376,6 +379,33 @@ class LivePipeline:
             has_audio=self.has_audio,
             publish_dropped=counters,
         )
+
+
+@contextmanager
+def interrupts_deferred(raise_first: bool = True):
+    """In the main thread, with Python's default Ctrl-C handler installed (library use): the
+    first Ctrl-C inside the block raises KeyboardInterrupt as usual (`raise_first`), further
+    ones are logged and dropped until the block ends (the run is already stopping). Elsewhere
+    (another thread, a handler of the application's or `stop_on_signals`'s) it changes
+    nothing."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    raised = not raise_first
+
+    def once(signum, frame):
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise KeyboardInterrupt
+        log.info("Ctrl-C again: already stopping")
+
+    signal.signal(signal.SIGINT, once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class StopSignals:
