@@ -23,13 +23,14 @@ it uses w), and without PyTorch. Stored next to the model as `emotion.safetensor
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from streamav.emotion.baseline import PersonBaseline
 from streamav.emotion.features import GROUPS
+from streamav.emotion.head import softmax
 from streamav.errors import InputError
 
 ESTIMATOR_ARRAYS = "emotion.safetensors"
@@ -206,16 +207,3 @@ class EmotionStream:
         confidence = float(probs[top])
         return EmotionReading(probs, self.estimator.labels[top], confidence,
                               confidence < self.estimator.settings.uncertain_below)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - np.max(logits, axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def with_settings(estimator: EmotionEstimator, **changes) -> EmotionEstimator:
-    """A copy with some settings changed (e.g. uncertain_below from the config)."""
-    settings = replace(estimator.settings, **changes)
-    settings.validate()
-    return replace(estimator, settings=settings)

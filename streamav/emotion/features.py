@@ -72,10 +72,6 @@ def prosody_features(spectrum: np.ndarray) -> np.ndarray:
     return out.reshape(*lead, PROSODY_DIM).astype(np.float32)
 
 
-def group_dims(w_dim: int) -> dict[str, int]:
-    return {"geometry": GEOMETRY_DIM, "prosody": PROSODY_DIM, "w": int(w_dim)}
-
-
 def frame_features(groups: tuple[str, ...], *, mesh_crop_xy: np.ndarray | None,
                    spectrum: np.ndarray | None, w: np.ndarray | None,
                    crop_size_px: int = 64) -> np.ndarray:

@@ -15,6 +15,7 @@ calibration, expected calibration error, and feature ablations.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -234,7 +235,7 @@ def estimator_section(model_folder, refs, w_by_clip: dict[str, np.ndarray], *, s
                 return [clip_frames(c, groups, w_of(c) if "w" in groups else None)
                         for c in seqs]
             variant = fit_estimator(inputs(train_clips), inputs(val_clips), estimator.labels,
-                                    replace_groups(estimator.settings, groups), seed=seed)
+                                    replace(estimator.settings, groups=tuple(groups)), seed=seed)
             test = _labelled(frames(groups), estimator.labels)
             online = new_person_online(variant, test, seed=seed)
             rows.append({"groups": list(groups),
@@ -245,8 +246,3 @@ def estimator_section(model_folder, refs, w_by_clip: dict[str, np.ndarray], *, s
         section["ablation"] = rows
     return section
 
-
-def replace_groups(settings, groups):
-    from dataclasses import replace
-
-    return replace(settings, groups=tuple(groups))
