@@ -15,7 +15,9 @@ from streamav.config import LiveConfig, check_output_paths, load_config
 from streamav.errors import InputError
 from streamav.frontend.corruption import parse_corruption
 from streamav.frontend.face import FaceFrontEnd
-from streamav.model_stage import TORCH_HINT, EngineOptions, ModelStage, default_model_folder
+from streamav.model.inputs import SPECTRUM_BINS
+from streamav.model_runner import TORCH_HINT, runnable_without_torch
+from streamav.model_stage import EngineOptions, ModelStage, default_model_folder
 from streamav.frontend.features import FeatureRecorder, save_features
 from streamav.pipeline import LivePipeline, RunSummary, stop_on_signals
 from streamav.preview import PreviewWindow, display_available
@@ -24,8 +26,6 @@ from streamav.wire.control import ControlServer
 from streamav.wire.publisher import Publisher
 
 log = logging.getLogger(__name__)
-
-_MODEL_SPECTRUM_BINS = 513  # the MDVAE's audio input: power spectra of n_fft = 1024
 
 
 def _preview(config: LiveConfig) -> PreviewWindow | None:
@@ -66,14 +66,17 @@ def _model(config: LiveConfig) -> ModelStage | None:
                     "`streamav train` and pass --model DIR)")
         return None
     if importlib.util.find_spec("torch") is None:  # the shipped model was not asked for by name
-        log.warning("front end only: %s", TORCH_HINT)
-        return None
+        usable, why = runnable_without_torch(folder)
+        if not usable:
+            log.warning("front end only: the shipped step.onnx is not usable (%s) and the "
+                        "model needs PyTorch otherwise: %s", why, TORCH_HINT)
+            return None
     return _model_stage(config, folder, noise)
 
 
 def _model_stage(config: LiveConfig, folder: Path, noise) -> ModelStage:
-    if config.spectrum.n_bins != _MODEL_SPECTRUM_BINS:
-        raise InputError(f"the model reads {_MODEL_SPECTRUM_BINS}-bin spectra ([spectrum] "
+    if config.spectrum.n_bins != SPECTRUM_BINS:
+        raise InputError(f"the model reads {SPECTRUM_BINS}-bin spectra ([spectrum] "
                          f"n_fft = 1024), not {config.spectrum.n_bins}: keep n_fft or use "
                          "--no-model")
     return ModelStage(folder, noise=noise, engine=_engine_options(config.model),

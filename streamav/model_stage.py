@@ -8,10 +8,11 @@ when the smoothed label changes (never while the estimate is `uncertain`). Frame
 face are not stepped: the state is held until the face is back; a face lost for longer than
 the estimator's `person_lost_s` is taken as a new person (the model's state and the person's
 emotion baseline are reset), as are `reset()` calls (source_back, the control socket).
-Non-finite values anywhere in the step are caught by the model's `GuardedStream` (counted, the
-state reset) and nothing is published for that frame.
+Non-finite values anywhere in the step are caught by the runner's guard (counted, the state
+reset) and nothing is published for that frame.
 
-The model needs PyTorch (`pip install 'streamav[train]'`); it is imported when the stage starts.
+The step runs through `streamav.model_runner`: on the engine asked for when PyTorch is
+installed, else on the model folder's shipped step.onnx with ONNX Runtime alone (no torch).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from streamav.emotion.estimator import (EmotionEstimator, EmotionReading, Emotio
                                         EmotionStream)
 from streamav.emotion.events import EmotionChangeDetector
 from streamav.emotion.features import frame_features
-from streamav.errors import InputError, MissingDependencyError
+from streamav.errors import InputError
 from streamav.frontend.corruption import Corruption
+from streamav.model.inputs import SPECTRUM_BINS, face_to_model
+from streamav.model_runner import EngineOptions, StepRunner, open_runner
+
+__all__ = ["EngineOptions", "ModelMessages", "ModelStage", "default_model_folder"]
 
 log = logging.getLogger(__name__)
-
-TORCH_HINT = ("the MDVAE needs PyTorch: pip install 'streamav[train]' (torch==2.13.0; "
-              "elsewhere add --extra-index-url https://download.pytorch.org/whl/cpu)")
 
 
 def default_model_folder() -> Path:
@@ -60,17 +62,6 @@ class ModelMessages:
     noisy_rgb: np.ndarray  # the crop the model saw (corrupted when --noise is on)
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """Which engine runs the step (docs/engines.md); `auto` is ONNX Runtime on a CPU."""
-
-    backend: str = "auto"
-    device: str = "cpu"
-    precision: str = "fp32"
-    threads: int = 1
-    engine_dir: Path | None = None
-
-
 class ModelStage:
     def __init__(self, folder: Path, noise: Corruption | None = None, fps: float = 30.0,
                  seed: int = 0, engine: EngineOptions | None = None,
@@ -81,7 +72,7 @@ class ModelStage:
         self.noise = noise
         self.fps = fps
         self._rng = np.random.default_rng(seed)
-        self._stream = None
+        self._runner: StepRunner | None = None
         self._detector: EmotionChangeDetector | None = None
         self._emotion: EmotionStream | None = None
         self._last_face_seq: int | None = None
@@ -89,17 +80,7 @@ class ModelStage:
         self.labels: tuple[str, ...] = ()
 
     def start(self) -> None:
-        try:
-            import torch
-        except ImportError:
-            raise MissingDependencyError(TORCH_HINT) from None
-        from streamav.corpus.dataset import face_to_model
-        from streamav.model.io import load_model
-        from streamav.model.streaming import GuardedStream
-
-        options = self.engine_options
-        torch.set_num_threads(options.threads)  # by default one: the others decode and track
-        model = load_model(self.folder)
+        runner = open_runner(self.folder, self.engine_options)
         if EmotionEstimator.present(self.folder):
             estimator = EmotionEstimator.load(self.folder)
             self._emotion = estimator.stream(self.fps, self._load_profile(estimator))
@@ -110,14 +91,11 @@ class ModelStage:
                                  "(streamav train emotion)")
             log.warning("%s has no emotion estimator: emotion from the step's w head "
                         "(fit one with `streamav train emotion`)", self.folder)
-            self.labels = tuple(model.labels)
-        self._torch, self._face_to_model = torch, face_to_model  # imported once, used per frame
-        engine = self._open_engine(model)
-        self.engine_label = engine.spec.label
-        self._stream = GuardedStream(model, batch=1, step_fn=engine.step, device=engine.device)
+            self.labels = runner.labels
+        self._runner = runner
+        self.engine_label = runner.label
         self._detector = EmotionChangeDetector(self.labels, fps=self.fps)
-        log.info("model %s (%s preset) loaded; step on %s", self.folder, model.cfg.preset,
-                 self.engine_label)
+        log.info("model %s loaded; step on %s", self.folder, self.engine_label)
 
     def _load_profile(self, estimator: EmotionEstimator):
         if self.profile_name is None:
@@ -137,23 +115,14 @@ class ModelStage:
         if self._detector is not None:
             self._detector.reset()
 
-    def _open_engine(self, model):
-        from streamav.engines import EngineCache
-        from streamav.engines.registry import open_with_fallback
-
-        options = self.engine_options
-        return open_with_fallback(model, options.backend, options.device, options.precision,
-                                  batch=1, cache=EngineCache(options.engine_dir),
-                                  threads=options.threads)
-
     @property
     def nonfinite_frames(self) -> int:
-        return 0 if self._stream is None else self._stream.nonfinite_count
+        return 0 if self._runner is None else self._runner.nonfinite_count
 
     def reset(self) -> None:
         """A new person: the model's state, the emotion baseline and the change detector."""
-        if self._stream is not None:
-            self._stream.reset()
+        if self._runner is not None:
+            self._runner.reset()
         if self._detector is not None:
             self._detector.reset()
         if self._emotion is not None:
@@ -161,35 +130,34 @@ class ModelStage:
         self._last_face_seq = None
 
     def stop(self) -> None:
-        self._stream = None
+        self._runner = None
 
     def step(self, crop_rgb: np.ndarray, spectrum: np.ndarray | None, frame_seq: int,
              mesh_crop_xy: np.ndarray) -> ModelMessages | None:
         """One frame with a face; None when the step produced non-finite values (state
         already reset)."""
-        assert self._stream is not None and self._detector is not None, "start() first"
+        assert self._runner is not None and self._detector is not None, "start() first"
         settings = (self._emotion.estimator.settings if self._emotion is not None
                     else EmotionSettings())
         if (self._last_face_seq is not None
                 and frame_seq - self._last_face_seq > settings.person_lost_s * self.fps):
             self.reset()  # the face was gone long enough to be someone else now
         self._last_face_seq = frame_seq
-        torch, face_to_model = self._torch, self._face_to_model
         seen = self.noise.apply(crop_rgb, self._rng) if self.noise is not None else crop_rgb
-        face = torch.from_numpy(np.ascontiguousarray(face_to_model(seen)))[None]
-        power = np.zeros(513, np.float32) if spectrum is None else spectrum
-        out = self._stream.step(torch.from_numpy(np.ascontiguousarray(power))[None], face)
+        face = np.ascontiguousarray(face_to_model(seen))[None]
+        power = np.zeros(SPECTRUM_BINS, np.float32) if spectrum is None else spectrum
+        out = self._runner.step(np.ascontiguousarray(power, np.float32)[None], face)
         if out is None:
             return None
         if self._emotion is not None:
             features = frame_features(settings.groups, mesh_crop_xy=mesh_crop_xy,
-                                      spectrum=power, w=out.w_mean[0].numpy())
+                                      spectrum=power, w=out["w_mean"][0])
             reading = self._emotion.step(features)
         else:
-            reading = step_head_reading(out.emotion_probs[0].numpy(), self.labels,
+            reading = step_head_reading(out["emotion_probs"][0], self.labels,
                                         settings.uncertain_below)
         probs = reading.probs
-        denoised = ((out.face_hat[0].permute(1, 2, 0).numpy() + 0.5) * 255.0 + 0.5)
+        denoised = ((out["face_hat"][0].transpose(1, 2, 0) + 0.5) * 255.0 + 0.5)
         denoised_rgb = np.ascontiguousarray(denoised.clip(0, 255).astype(np.uint8))
         change = None if reading.uncertain else self._detector.step(probs)
         baseline_s = float("inf") if self._emotion is None else self._emotion.baseline_age_s
@@ -201,9 +169,9 @@ class ModelStage:
                      "profile": self.profile_name, "frame_seq": frame_seq},
             denoised={"width": 64, "height": 64, "format": "rgb24", "frame_seq": frame_seq},
             denoised_rgb=denoised_rgb,
-            latent={"w": out.w_mean[0].tolist(), "w_var": out.w_var[0].tolist(),
-                    "z_av": out.z_av[0].tolist(), "z_a": out.z_a[0].tolist(),
-                    "z_v": out.z_v[0].tolist(), "frame_seq": frame_seq},
+            latent={"w": out["w_mean"][0].tolist(), "w_var": out["w_var"][0].tolist(),
+                    "z_av": out["z_av"][0].tolist(), "z_a": out["z_a"][0].tolist(),
+                    "z_v": out["z_v"][0].tolist(), "frame_seq": frame_seq},
             change=None if change is None else {
                 "from": change.previous, "to": change.label,
                 "confidence": round(change.confidence, 5), "frame_seq": frame_seq},

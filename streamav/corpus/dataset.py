@@ -34,16 +34,9 @@ from torch.utils.data import Dataset
 from streamav.corpus.cache import load_manifest, memmap_shard
 from streamav.corpus.labels import EMOTIONS, SPLITS, normalize_split
 from streamav.errors import InputError
+from streamav.model.inputs import FACE_OFFSET, FACE_SCALE, face_to_model  # noqa: F401
 
-FACE_SCALE = 1.0 / 255.0
-FACE_OFFSET = 0.5
 _WINDOW_KEYS = ("spectrum", "face_crop_rgb", "face_found", "pts_s")
-
-
-def face_to_model(crop_rgb: np.ndarray) -> np.ndarray:
-    """(..., 64, 64, 3) uint8 → (..., 3, 64, 64) float32 in -0.5..0.5."""
-    scaled = crop_rgb.astype(np.float32) * FACE_SCALE - FACE_OFFSET
-    return np.moveaxis(scaled, -1, -3)
 
 
 class CacheWindowDataset(Dataset):

@@ -1,9 +1,24 @@
 """Engines: the model step on every backend (eager, ONNX Runtime, torch.compile, TensorRT),
-the engine cache under engines/, calibration, and parity against eager. See docs/engines.md."""
+the engine cache under engines/, calibration, and parity against eager. See docs/engines.md.
 
-from streamav.engines.base import BACKEND_NAMES, EngineSpec, StepEngine
-from streamav.engines.cache import EngineCache
-from streamav.engines.registry import build_or_load, open_engine, resolve_backend
+`shipped` and `backends.onnx_numpy` (the exported step shipped in a model folder, run by ONNX
+Runtime with numpy) import without PyTorch; the names below need it and are imported on first
+use."""
 
-__all__ = ["BACKEND_NAMES", "EngineCache", "EngineSpec", "StepEngine", "build_or_load",
-           "open_engine", "resolve_backend"]
+from __future__ import annotations
+
+import importlib
+
+_NAMES = {"BACKEND_NAMES": "base", "EngineSpec": "base", "StepEngine": "base",
+          "EngineCache": "cache", "build_or_load": "registry", "open_engine": "registry",
+          "resolve_backend": "registry"}
+
+
+def __getattr__(name: str):
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamav.engines' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"streamav.engines.{module}"), name)
+
+
+__all__ = list(_NAMES)

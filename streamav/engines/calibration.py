@@ -59,7 +59,7 @@ class CalibrationSet:
             with np.load(cached) as data:
                 return CalibrationFrames(data["spectra"], data["faces"],
                                          tuple(int(i) for i in data["starts"]))
-        from streamav.corpus.dataset import face_to_model
+        from streamav.model.inputs import face_to_model
         from streamav.frontend.features import extract_clip_features
 
         spectra, faces, starts = [], [], []

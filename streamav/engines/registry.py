@@ -9,15 +9,19 @@
 
 Cached backends are built once per identity (weights, shapes, batch, precision, versions,
 device; see cache.py) with a parity check against eager over real frames and a latency
-measurement, both written to the manifest. `auto` picks, for the device, the first backend
-that can run here in the order measured fastest (BENCHMARKS.md): CPU: onnx, eager;
-CUDA: tensorrt, compile, onnx, eager; it logs which one and why.
+measurement, both written to the manifest. Given the model folder's shipped step
+(`shipped_onnx`, streamav.engines.shipped), the ONNX fp32 batch-1 CPU engine is that file
+rather than a new export, and its sha256 joins the identity (the cache keys it by its hash).
+`auto` picks, for the device, the first backend that can run here in the order measured
+fastest (BENCHMARKS.md): CPU: onnx, eager; CUDA: tensorrt, compile, onnx, eager; it logs which
+one and why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import torch
 
 from streamav.engines.base import BACKEND_NAMES, EngineSpec, StepEngine
 from streamav.engines.cache import CachedEngine, EngineCache
+from streamav.engines.shipped import ShippedStep
 from streamav.errors import DeviceError, InputError, MissingDependencyError, StreamavError
 from streamav.host import cpu_name, package_version
 from streamav.model.streaming import EXPORT_INPUT_NAMES, StreamingModel
@@ -67,9 +72,12 @@ def library_versions(backend: str) -> dict:
 
 
 def engine_identity(model: StreamingModel, spec: EngineSpec, weights_hash: str,
-                    calibration_hash: str | None = None) -> dict:
+                    calibration_hash: str | None = None,
+                    shipped_onnx: ShippedStep | None = None) -> dict:
     """Everything a cached engine depends on: the cache key is the hash of this."""
     cfg = model.cfg
+    shipped = ({"shipped_onnx_sha256": shipped_onnx.sha256}
+               if shipped_onnx is not None and uses_shipped(spec) else {})
     return {
         "backend": spec.backend, "device": spec.device, "precision": spec.precision,
         "batch": spec.batch, "weights_sha256": weights_hash, "preset": cfg.preset,
@@ -80,7 +88,13 @@ def engine_identity(model: StreamingModel, spec: EngineSpec, weights_hash: str,
         "versions": {"streamav": package_version("streamav"), **library_versions(spec.backend)},
         **device_description(spec.device),
         "calibration_sha256": calibration_hash if uses_calibration(spec) else None,
+        **shipped,
     }
+
+
+def uses_shipped(spec: EngineSpec) -> bool:
+    """The engines a shipped step.onnx (batch 1, float32, CPU) can be, as it is."""
+    return (spec.backend, spec.device, spec.precision, spec.batch) == ("onnx", "cpu", "fp32", 1)
 
 
 def uses_calibration(spec: EngineSpec) -> bool:
@@ -138,11 +152,13 @@ def resolve_backend(backend: str, device: str) -> tuple[str, str]:
 
 def open_engine(model: StreamingModel, spec: EngineSpec, cache: EngineCache | None = None,
                 calibration: Path | None = None, parity_frames: int = PARITY_FRAMES,
-                weights_hash: str | None = None, threads: int | None = None) -> StepEngine:
+                weights_hash: str | None = None, threads: int | None = None,
+                shipped_onnx: ShippedStep | None = None) -> StepEngine:
     """A ready engine for `spec` (built and cached first where the backend caches).
 
     `threads`: intra-op threads of ONNX Runtime (default: every core of the process); eager
-    and compile use torch's setting (torch.set_num_threads)."""
+    and compile use torch's setting (torch.set_num_threads). `shipped_onnx`: the model
+    folder's current step.onnx, used as the onnx/cpu/fp32/b1 engine instead of an export."""
     check_backend(spec.backend, spec.device)
     model = model.float().eval()
     if spec.backend == "eager":
@@ -153,26 +169,28 @@ def open_engine(model: StreamingModel, spec: EngineSpec, cache: EngineCache | No
         from streamav.engines.backends.compiled import CompiledEngine
 
         return CompiledEngine(spec, model)
-    cached = build_or_load(model, spec, cache, calibration, parity_frames, weights_hash)
+    cached = build_or_load(model, spec, cache, calibration, parity_frames, weights_hash,
+                           shipped_onnx)
     return load_cached(model, spec, cached, threads)
 
 
 def open_with_fallback(model: StreamingModel, backend: str, device: str, precision: str = "fp32",
                        batch: int = 1, cache: EngineCache | None = None,
-                       threads: int | None = None) -> StepEngine:
+                       threads: int | None = None,
+                       shipped_onnx: ShippedStep | None = None) -> StepEngine:
     """`open_engine` for a named backend (its errors raised), or for `auto`: the first of
     AUTO_ORDER that opens, each one that fails said in one log line."""
     chosen, why = resolve_backend(backend, device)
     if backend != "auto":
         return open_engine(model, EngineSpec(chosen, device, precision, batch), cache,
-                           threads=threads)
+                           threads=threads, shipped_onnx=shipped_onnx)
     log.info("backend auto: %s (%s)", chosen, why)
     order = AUTO_ORDER[device]
     candidates = order[order.index(chosen):]
     for i, name in enumerate(candidates):
         try:
             return open_engine(model, EngineSpec(name, device, precision, batch), cache,
-                               threads=threads)
+                               threads=threads, shipped_onnx=shipped_onnx)
         except Exception as error:  # noqa: BLE001 - auto falls back on any failure, said once
             if i + 1 == len(candidates):
                 raise
@@ -195,8 +213,10 @@ def load_cached(model: StreamingModel, spec: EngineSpec, cached: CachedEngine,
 
 def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | None = None,
                   calibration: Path | None = None, parity_frames: int = PARITY_FRAMES,
-                  weights_hash: str | None = None) -> CachedEngine:
-    """The cached engine for `spec`, built (export, compile, parity, latency) on a miss."""
+                  weights_hash: str | None = None,
+                  shipped_onnx: ShippedStep | None = None) -> CachedEngine:
+    """The cached engine for `spec`, built (export or the shipped step.onnx, compile, parity,
+    latency) on a miss."""
     if spec.backend not in CACHED_BACKENDS:
         raise InputError(f"--backend {spec.backend} has nothing to build in engines/")
     cache = cache or EngineCache()
@@ -205,8 +225,11 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
         from streamav.engines.calibration import load_calibration
 
         calibration_set = load_calibration(calibration)
+    if shipped_onnx is not None and not uses_shipped(spec):
+        shipped_onnx = None
     identity = engine_identity(model, spec, weights_hash or weights_sha256(model),
-                               calibration_set.set_hash if calibration_set else None)
+                               calibration_set.set_hash if calibration_set else None,
+                               shipped_onnx)
     def build(folder: Path) -> dict:
         from streamav.engines import parity
 
@@ -214,7 +237,9 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
         log.warning("engine %s: not built for this model and environment yet; building it once "
                     "into %s", spec.label, cache.root)
         path = folder / ENGINE_FILE[spec.backend]
-        if spec.backend == "onnx":
+        if shipped_onnx is not None:
+            shutil.copyfile(shipped_onnx.path, path)
+        elif spec.backend == "onnx":
             from streamav.engines.export import export_step, write_onnx
 
             program = export_step(model, spec.batch)
@@ -290,7 +315,7 @@ def _real_frames(cache_root: Path) -> tuple[np.ndarray, np.ndarray]:
         spectra, faces = data.spectra, data.faces
     except InputError:
         from streamav.cli import demo_clip_path
-        from streamav.corpus.dataset import face_to_model
+        from streamav.model.inputs import face_to_model
         from streamav.frontend.features import extract_clip_features
 
         features = extract_clip_features(demo_clip_path())

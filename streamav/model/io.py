@@ -17,19 +17,12 @@ from typing import Any
 
 import torch
 
-from streamav.errors import InputError, MissingDependencyError
+from streamav.errors import MissingDependencyError
 from streamav.host import file_sha256 as _sha256
-from streamav.model.config import ModelConfig
+from streamav.model.folder import (CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION,  # noqa: F401
+                                   WEIGHTS_FILE, ModelFolderError, read_model_config,
+                                   weights_path)
 from streamav.model.streaming import StreamingModel
-
-FORMAT_NAME = "streamav-model"
-FORMAT_VERSION = 2  # 2: the identity path (refine) joined the step
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-class ModelFolderError(InputError):
-    """A model folder that cannot be used (the message says why, in one line)."""
 
 
 def _safetensors() -> Any:
@@ -91,44 +84,13 @@ def save_model(model: StreamingModel, folder: str | Path, half: bool = False,
     return folder
 
 
-def read_model_config(folder: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
-    """Check a folder's config.json; returns the ModelConfig and the whole json."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise ModelFolderError(f"model folder {folder} does not exist")
-    if not folder.is_dir():
-        raise ModelFolderError(f"model folder {folder} is not a directory")
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ModelFolderError(f"model folder {folder} is incomplete: no {CONFIG_FILE}")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{path} is not readable JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise ModelFolderError(f"{path} is not a streamav model config (format is not "
-                               f"{FORMAT_NAME!r})")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFolderError(f"{folder} has model format version {version}, this streamav "
-                               f"reads version {FORMAT_VERSION}")
-    try:
-        cfg = ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFolderError(f"{path} has a bad model config: {exc}") from None
-    if list(cfg.emotion.labels) != meta.get("labels"):
-        raise ModelFolderError(f"{path}: labels {meta.get('labels')} differ from the model "
-                               f"config's {list(cfg.emotion.labels)}")
-    return cfg, meta
-
-
 def load_model(folder: str | Path, device: torch.device | str = "cpu",
                verify_hash: bool = True) -> StreamingModel:
     """Load a model folder written by `save_model`, in eval mode, float32, on `device`."""
     st = _safetensors()
     folder = Path(folder)
     cfg, meta = read_model_config(folder)
-    weights = folder / str(meta.get("weights_file", WEIGHTS_FILE))
+    weights = weights_path(folder, meta)
     if not weights.is_file():
         raise ModelFolderError(f"model folder {folder} is incomplete: no {weights.name}")
     if verify_hash and _sha256(weights) != meta.get("weights_sha256"):

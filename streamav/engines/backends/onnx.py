@@ -17,21 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamav.engines.backends.onnx_numpy import import_ort, session_options
 from streamav.engines.base import EngineSpec, StepEngine
 from streamav.errors import InputError, MissingDependencyError
-from streamav.host import process_cores
 from streamav.model.streaming import (EXPORT_INPUT_NAMES, OUTPUT_NAMES, State, StepOutputs,
                                       StreamingModel)
-
-ORT_HINT = "ONNX Runtime is not installed: pip install 'streamav[train]' (onnxruntime)"
-
-
-def import_ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError(ORT_HINT) from None
-    return onnxruntime
 
 
 def providers_for(device: str) -> list[str]:
@@ -54,16 +44,7 @@ class OnnxEngine(StepEngine):
             raise InputError("--backend onnx builds fp32 or int8 engines; fp16 is for tensorrt")
         super().__init__(spec, model)
         ort = import_ort()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or process_cores()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Idle intra-op threads spin by default, burning the cores that decode video and track
-        # faces between steps (measured: eager next to a spinning session went 5 -> 13 ms).
-        options.add_session_config_entry("session.intra_op.allow_spinning",
-                                         "1" if spinning else "0")
+        options = session_options(threads, spinning)
         self.spinning = spinning
         self.path = Path(onnx_path)
         self.session = ort.InferenceSession(str(self.path), options,

@@ -1,0 +1,89 @@
+"""The model step shipped inside a model folder as ONNX, for the runtime without PyTorch.
+
+A model folder may hold `step.onnx`, the exported step (batch 1, float32 compute; the export
+of `streamav.engines.export`, with the weights stored as float16 where that is exact), and
+`step.json`, its manifest:
+
+    {"format": "streamav-step", "version": 1, "file": "step.onnx", "bytes": ..., "sha256": ...,
+     "source": {"weights_file": "model.safetensors", "weights_sha256": ...},
+     "batch": 1, "inputs": {"spectrum": [1, 513], ...}, "outputs": [...],
+     "initial_state": {"state_h_av": 0.0, "state_w_var": 1.0, ...}, "parity": {...}, ...}
+
+`find_shipped_step(folder)` returns it only when it is intact (size and sha256) and was made
+from the weights the folder holds now (the sha256 of model.safetensors): otherwise None and the
+reason, so that a step left stale by retraining is never run. `scripts/export_step.py`
+(`streamav.engines.ship.write_shipped_step`) makes both files. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamav.host import file_sha256
+from streamav.model.folder import CONFIG_FILE, WEIGHTS_FILE
+
+STEP_FILE = "step.onnx"
+STEP_MANIFEST = "step.json"
+STEP_FORMAT = "streamav-step"
+STEP_VERSION = 1
+REGENERATE_HINT = "regenerate it: python scripts/export_step.py (needs 'streamav[train]')"
+
+
+@dataclass(frozen=True)
+class ShippedStep:
+    path: Path  # step.onnx
+    manifest: dict  # step.json
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest["sha256"]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.manifest["labels"])
+
+
+def read_step_manifest(folder: Path) -> dict:
+    """step.json of `folder` (ValueError with the reason when absent or unreadable)."""
+    path = Path(folder) / STEP_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no {STEP_MANIFEST}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{STEP_MANIFEST} is not readable JSON ({exc})") from None
+    if (not isinstance(manifest, dict) or manifest.get("format") != STEP_FORMAT
+            or manifest.get("version") != STEP_VERSION):
+        raise ValueError(f"{STEP_MANIFEST} is not a {STEP_FORMAT} v{STEP_VERSION} manifest")
+    return manifest
+
+
+def find_shipped_step(folder: Path) -> tuple[ShippedStep | None, str]:
+    """The folder's step.onnx when it is intact and made from the folder's weights; else None
+    and why not (one phrase, for a log line)."""
+    folder = Path(folder)
+    try:
+        manifest = read_step_manifest(folder)
+    except ValueError as exc:
+        return None, str(exc)
+    path = folder / str(manifest.get("file", STEP_FILE))
+    if not path.is_file():
+        return None, f"{path.name} is missing"
+    if path.stat().st_size != manifest.get("bytes") or file_sha256(path) != manifest.get("sha256"):
+        return None, f"{path.name} does not match the size and sha256 in {STEP_MANIFEST}"
+    source = manifest.get("source") or {}
+    weights = folder / str(source.get("weights_file", WEIGHTS_FILE))
+    if not weights.is_file():
+        return None, f"no {weights.name} to check {path.name} against"
+    if file_sha256(weights) != source.get("weights_sha256"):
+        return None, (f"{path.name} was made from other weights than {weights.name} "
+                      f"(stale: {REGENERATE_HINT})")
+    try:
+        labels = json.loads((folder / CONFIG_FILE).read_text()).get("labels")
+    except (OSError, ValueError):
+        labels = None
+    if labels is not None and labels != manifest.get("labels"):
+        return None, f"{STEP_MANIFEST} labels differ from {CONFIG_FILE}'s"
+    return ShippedStep(path, manifest), "ok"
