@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -203,3 +204,38 @@ def test_the_demo_runs_the_model_without_torch(tmp_path, endpoint):
     assert final["model_engine"] == "onnx/cpu/fp32/b1" and final["faces_found"] >= 40
     assert topics.get("emotion", 0) >= final["faces_found"] - 5, topics
     assert topics.get("video.denoised", 0) >= final["faces_found"] - 5, topics
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("STREAMAV_SKIP_WHEEL_TEST") == "1",
+                    reason="STREAMAV_SKIP_WHEEL_TEST=1")
+def test_the_wheel_in_a_fresh_venv_without_torch_runs_the_model(tmp_path, endpoint):
+    """README command 1 for real: `pip install .` into a new venv (no torch: the default
+    install), then `streamav live --demo`. About 1 min here, where pip installs from a local
+    index; the venv (1.3 GB, MediaPipe's dependencies) is removed afterwards."""
+    source = tmp_path / "source"  # built outside the checkout: no build/ left in it
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "streamav", source / "streamav",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    venv = tmp_path / "venv"
+    python = getattr(sys, "_base_executable", None) or shutil.which("python3")
+    try:
+        subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+        install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)],
+                                 capture_output=True, text=True, timeout=900)
+        assert install.returncode == 0, install.stderr[-3000:]
+        probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
+        demo = subprocess.run([str(venv / "bin" / "streamav"), "live", "--demo", "--no-preview",
+                               "--control", "none", "--publish", endpoint],
+                              capture_output=True, text=True, timeout=300, env=cli_env(),
+                              cwd=tmp_path, stdin=subprocess.DEVNULL)
+        assert demo.returncode == 0, demo.stderr
+        last = demo.stderr.strip().splitlines()[-1]
+        assert "model on onnx/cpu/fp32/b1" in last and "face found on" in last, demo.stderr
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
