@@ -168,6 +168,28 @@ def test_the_torch_free_path_imports_no_torch():
     assert result.stdout.strip() == "onnx/cpu/fp32/b1"
 
 
+def test_without_torch_a_stale_shipped_step_leaves_the_front_end_alone(tmp_path):
+    folder = _copy_model(tmp_path)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    code = f"""
+        import logging
+        from pathlib import Path
+        import streamav.live as live
+        from streamav.config import load_config
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        live.default_model_folder = lambda: Path({str(folder)!r})
+        print(live._model(load_config(None, {{}})))
+        """
+    result = subprocess.run(_blocked_python(code), capture_output=True, text=True, timeout=120,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None"
+    assert "front end only" in result.stderr and "stale" in result.stderr
+
+
 def test_the_demo_runs_the_model_without_torch(tmp_path, endpoint):
     """README command 1's run, in a Python without the train extra: emotions and denoised
     faces are published, the final line names the engine, torch is never imported."""
