@@ -51,11 +51,13 @@ def build_engines(model_folder: Path | None, backends: list[str], device: str,
     from streamav.engines.registry import (CACHED_BACKENDS, build_or_load, check_backend,
                                            engine_identity, resolve_backend, uses_calibration,
                                            weights_sha256)
+    from streamav.engines.shipped import find_shipped_step
     from streamav.model.io import load_model
     from streamav.model_stage import default_model_folder
 
     folder = model_folder or default_model_folder()
     model = load_model(folder).float().eval()
+    shipped, _ = find_shipped_step(folder)  # the onnx/cpu/fp32/b1 engine, as live uses it
     cache = EngineCache(engine_dir)
     calibration = calibration_path(calibration)
     weights = weights_sha256(model)
@@ -78,10 +80,11 @@ def build_engines(model_folder: Path | None, backends: list[str], device: str,
 
                         calibration_hash = load_calibration(calibration).set_hash
                     stale = cache.folder_for(engine_identity(model, spec, weights,
-                                                             calibration_hash))
+                                                             calibration_hash, shipped))
                     shutil.rmtree(stale, ignore_errors=True)
                 with console.status(f"engine {spec.label}: building or loading"):
-                    cached = build_or_load(model, spec, cache, calibration, weights_hash=weights)
+                    cached = build_or_load(model, spec, cache, calibration, weights_hash=weights,
+                                           shipped_onnx=shipped)
                 manifests.append(dict(cached.manifest, folder=str(cached.folder),
                                       built_now=cached.built))
     print_engines(manifests, console)
