@@ -11,7 +11,7 @@
        and the step's w head never see CREMA-D's labels, the real test, nor GRID's "neutral");
     5. the evaluation (`streamav eval`) on the held-out synthetic speakers and on CREMA-D;
     6. the model, as fp16 safetensors, into streamav/data/model/, with the evaluation JSON and a
-       summary that MODEL_CARD.md quotes.
+       summary that MODEL_CARD.md quotes, and its exported step (step.onnx, scripts/export_step.py).
 
 Everything is resumable: run it again and finished steps are reused. Usage:
     python scripts/train_default.py --work out/default_model [--speakers 8 --sentences 2]
@@ -253,6 +253,9 @@ def main() -> int:
         from streamav.emotion.estimator import EmotionEstimator
 
         EmotionEstimator.load(model).save(target)
+        from streamav.engines.ship import write_shipped_step
+
+        write_shipped_step(target)  # step.onnx + step.json: the runtime without PyTorch
         print(f"installed the model in {target}")
     print(json.dumps(summary, indent=2))
     return 0
