@@ -8,6 +8,7 @@ Nothing is written unless every clip given has a face and a known label.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +77,16 @@ def run_calibrate(profile: str, label: str | None, *, video: Path | None = None,
     check_name(profile)
     if (video is None) == (camera is None):
         raise InputError("give one of --video PATH or --camera I")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InputError(f"--seconds must be a positive number, got {seconds}")
+    if not (math.isfinite(start_s) and start_s >= 0):
+        raise InputError(f"--start must be a number of seconds >= 0, got {start_s}")
+    if end_s is not None and not (math.isfinite(end_s) and end_s > start_s):
+        raise InputError(f"--end must be a number of seconds after --start ({start_s:g}), "
+                         f"got {end_s}")
     estimator = _estimator(model_folder)
     if label is not None and label not in estimator.labels:
         raise InputError(f"unknown label {label!r}: use one of {', '.join(estimator.labels)}")
-    if seconds <= 0:
-        raise InputError("--seconds must be > 0")
     if video is not None:
         if label is None:
             raise InputError("--video needs --label (the emotion the clip shows)")

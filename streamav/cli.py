@@ -40,6 +40,18 @@ def demo_clip_path() -> Path:
     return Path(str(files("streamav.data") / "demo" / DEMO_CLIP))
 
 
+def _check_outputs(*files: tuple[Optional[Path], str], folders=()) -> None:
+    """Refuse output paths that could not be written, before the work that would fill them."""
+    from streamav.outputs import check_writable_file, check_writable_folder
+
+    for path, flag in files:
+        if path is not None:
+            check_writable_file(path, flag)
+    for path, flag in folders:
+        if path is not None:
+            check_writable_folder(path, flag)
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"streamav {__version__}")
@@ -171,6 +183,7 @@ def train(
         None, help="mdvae, refine: frames per training window (default 30, 48)."),
 ) -> None:
     """Train one stage of the model on a feature cache (resumes after a kill)."""
+    _check_outputs(folders=[(out, "--out")])
     from streamav.train.stages import train_stage
 
     summary = train_stage(stage, cache, out, preset=preset, steps=steps, batch_size=batch_size,
@@ -210,6 +223,7 @@ def eval_(
 ) -> None:
     """Evaluate a model on a cache: reconstruction, denoising, few-shot emotion, identity,
     disentanglement (docs/evaluation.md)."""
+    _check_outputs((json_out, "--json"), folders=[(plots, "--plots")])
     import torch
 
     from streamav.evaluate import EvalSettings, evaluate, print_summary, write_report
@@ -248,8 +262,8 @@ def build_engines(
     """Build the model's engines (or find them in the cache), with parity and latency."""
     from rich.console import Console
 
+    _check_outputs((json_out, "--json"))
     from streamav.engines.build_cli import build_engines as build, split_list
-    from streamav.errors import InputError
 
     try:
         batches = [int(b) for b in split_list(batch, "batch")]
@@ -259,6 +273,7 @@ def build_engines(
                       split_list(precision, "precision"), batches, engine_dir, calibration,
                       force, Console(stderr=True))
     if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(manifests, indent=2) + "\n")
 
 
@@ -290,6 +305,7 @@ def bench(
     """Measure the model step on every backend, or the live path (docs/bench.md)."""
     from streamav.bench import run_bench_command
 
+    _check_outputs((json_out, "--json"), (plot, "--plot"))
     run_bench_command(backend=backend, device=device, batch=batch, frames=frames, warmup=warmup,
                       json_out=json_out, plot=plot, model=model, engine_dir=engine_dir,
                       threads=threads, pipeline=pipeline, video=video, demo=demo, repeat=repeat,
@@ -410,4 +426,8 @@ def main() -> None:
               f"see '{exc.ctx.command_path} COMMAND --help')", exc.exit_code)
     except click_exceptions.ClickException as exc:  # usage errors: unknown option, bad value
         _fail(_usage_line(exc), exc.exit_code)
+    except OSError as exc:  # a file the checks could not foresee (a disk that filled up, ...)
+        logging.getLogger("streamav").info("details:", exc_info=True)  # with --verbose
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}", InputError.exit_code)
     sys.exit(result if isinstance(result, int) else 0)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from typing import Any, Literal
 from streamav.errors import InputError
 from streamav.frontend.face import FaceConfig
 from streamav.frontend.spectrum import SpectrumConfig
+from streamav.outputs import check_writable_file, check_writable_folder
 from streamav.sources.camera import CameraConfig
 from streamav.wire.protocol import endpoint_problem
 
@@ -117,6 +116,9 @@ FLAGS = {
     "model.device": "--device", "model.profile": "--profile",
 }
 
+# String keys whose value must be at most this long (a stream id goes into every message).
+MAX_LENGTH = {"publish.stream_id": 256}
+
 # Inclusive (low, high) of every number; None: unbounded on that side. Values must be finite.
 LIMITS: dict[str, tuple[float | None, float | None]] = {
     "camera.width_px": (16, 16384), "camera.height_px": (16, 16384), "camera.fps": (0.1, 1000),
@@ -126,6 +128,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "spectrum.window_samples": (16, 65_536), "spectrum.n_fft": (16, 65_536),
     "spectrum.hop_samples": (1, 160_000),
     "publish.queue_size": (1, 1_000_000), "publish.send_hwm": (0, 10_000_000),
+    "face.crop_size_px": (8, 1024), "face.min_detection_confidence": (0, 1),
+    "face.min_tracking_confidence": (0, 1),
     "model.threads": (1, 256),
     "run.max_frames": (1, None), "run.duration_s": (0.001, None),
     "run.stats_interval_s": (0.05, 3600),
@@ -173,8 +177,14 @@ def _name(dotted: str, from_flags: set[str]) -> str:
 def _check_value(dotted: str, value: Any, hint: Any, from_flags: set[str]) -> None:
     if not _has_type(value, hint):
         raise InputError(f"{_name(dotted, from_flags)} must be {_describe(hint)}, got {value!r}")
-    if isinstance(value, str) and "\x00" in value:
-        raise InputError(f"{_name(dotted, from_flags)} contains a NUL character")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InputError(f"{_name(dotted, from_flags)} contains a NUL character")
+        if not value.strip():  # a path, device, endpoint or name: "" is never meant
+            raise InputError(f"{_name(dotted, from_flags)} is empty")
+        if len(value) > MAX_LENGTH.get(dotted, len(value)):
+            raise InputError(f"{_name(dotted, from_flags)} is longer than "
+                             f"{MAX_LENGTH[dotted]} characters")
     _check_range(dotted, value, from_flags)
 
 
@@ -278,6 +288,13 @@ def validate(config: LiveConfig, from_flags: set[str] = frozenset()) -> None:
         raise InputError("[ring] audio_capacity_s must hold at least one spectrum window "
                          f"({spectrum.window_samples} samples)")
     _validate_endpoints(config.publish, from_flags)
+    if config.model.noise is not None:
+        from streamav.frontend.corruption import parse_corruption
+
+        try:
+            parse_corruption(config.model.noise)
+        except InputError as exc:
+            raise InputError(f"{_name('model.noise', from_flags)}: {exc}") from None
 
 
 def _validate_endpoints(publish: PublishConfig, from_flags: set[str]) -> None:
@@ -296,26 +313,16 @@ def _validate_endpoints(publish: PublishConfig, from_flags: set[str]) -> None:
 
 
 def check_output_paths(config: LiveConfig) -> None:
-    """InputError now, before the run, if an output file of the run could not be written."""
+    """InputError now, before the run, if an output file of the run could not be written, or
+    the engine folder is not a folder that exists or can be made."""
     for dotted in ("run.stats_json", "run.save_features"):
         value = getattr(config.run, dotted.split(".")[1])
         if value:
-            _check_writable(Path(value), FLAGS[dotted])
-
-
-def _check_writable(path: Path, flag: str) -> None:
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a directory; give a file name")
-    folder = path.parent
-    while not folder.exists():  # the run creates the missing folders: the first one that exists
-        folder = folder.parent
-    if not folder.is_dir():
-        raise InputError(f"{flag} {path}: {folder} is not a directory")
-    try:  # os.access is not enough (root, read-only mounts): write a temporary file there
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot write in {folder} "
-                         f"({exc.strerror or exc})") from None
-    if path.exists() and not os.access(path, os.W_OK):
-        raise InputError(f"{flag} {path} exists and is not writable")
+            check_writable_file(Path(value), FLAGS[dotted])
+    if config.model.enabled and config.model.engine_dir is not None:
+        folder = Path(config.model.engine_dir)
+        if folder.exists():  # an existing cache may be read-only (prebuilt engines)
+            if not folder.is_dir():
+                raise InputError(f"[model] engine_dir {folder} is not a directory")
+        else:
+            check_writable_folder(folder, "[model] engine_dir")

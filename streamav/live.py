@@ -140,15 +140,40 @@ def run_live(config_path: Path | None, overrides: dict[str, Any]) -> RunSummary:
     with stop_on_signals(afterwards="ignore") as signals:  # the CLI exits right after
         pipeline = signals.pipeline = build_pipeline(config, on_frame=recorder)
         summary = pipeline.run()
-        if recorder is not None:
-            save_features(Path(config.run.save_features), recorder.features())
-        if config.run.stats_json:
-            write_stats_json(Path(config.run.stats_json), config, summary)
+        _write_outputs(config, summary, recorder)
     return summary
 
 
+def _write_outputs(config: LiveConfig, summary: RunSummary, recorder) -> None:
+    """Each output of the run, the second even when the first fails (a disk that filled up
+    during the run); a failure is one InputError line once both were tried."""
+    failed = []
+    writes = []
+    if recorder is not None:
+        writes.append(("--save-features", config.run.save_features,
+                       lambda path: save_features(path, recorder.features())))
+    if config.run.stats_json:
+        writes.append(("--stats-json", config.run.stats_json,
+                       lambda path: write_stats_json(path, config, summary)))
+    for flag, path, write in writes:
+        try:
+            write(Path(path))
+        except OSError as exc:
+            failed.append(f"{flag} {path}: {exc.strerror or exc}")
+    if failed:
+        raise InputError("the run ended but its output could not be written: "
+                         + "; ".join(failed))
+
+
 def write_stats_json(path: Path, config: LiveConfig, summary: RunSummary) -> None:
+    """The final stats and the config as JSON (atomic: a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"streamav_version": __version__, "stop_reason": summary.stop_reason,
                 "stats": summary.final_stats, "config": dataclasses.asdict(config)}
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -9,6 +9,7 @@ with "in use" (exit 4) or leave a file there, so each one is also checked to fai
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -139,6 +140,71 @@ CASES = [
      '[face]\nborder = "mirror"\n'),
     ("config-face-crop-small", ["live", "--config", "{config}"], 2, "crop_size_px",
      "[face]\ncrop_size_px = 4\n"),
+    ("config-face-confidence", ["live", "--config", "{config}"], 2,
+     "[face] min_detection_confidence must be in 0..1", "[face]\nmin_detection_confidence = 2\n"),
+    ("config-face-confidence-nan", ["live", "--config", "{config}"], 2,
+     "[face] min_tracking_confidence", "[face]\nmin_tracking_confidence = nan\n"),
+    ("config-noise", ["live", "--config", "{config}"], 2, "[model] noise",
+     '[model]\nnoise = "gaussian:5"\n'),
+    ("config-stream-id-empty", ["live", "--config", "{config}"], 2, "[publish] stream_id is empty",
+     '[publish]\nstream_id = ""\n'),
+    ("config-engine-dir-unwritable", ["live", "--config", "{config}"], 2,
+     "[model] engine_dir /proc/streamav-no-such-dir: cannot write",
+     '[model]\nengine_dir = "/proc/streamav-no-such-dir"\n'),
+    ("config-engine-dir-a-file", ["live", "--config", "{config}"], 2, "is not a directory",
+     '[model]\nengine_dir = "/proc/version"\n'),
+    ("config-stats-json-device", ["live", "--config", "{config}"], 2, "not a regular file",
+     '[run]\nstats_json = "/dev/null"\n'),
+    # -- more flag values (found by probing) ------------------------------------------------------
+    ("noise-negative", ["live", "--video", "{clip}", "--noise", "gaussian:-1"], 2,
+     "--noise: noise 'gaussian:-1'", None),
+    ("noise-nan", ["live", "--video", "{clip}", "--noise", "gaussian:nan"], 2, "must be in",
+     None),
+    ("noise-jpeg-quality", ["live", "--video", "{clip}", "--noise", "jpeg:500"], 2, "0..100",
+     None),
+    ("noise-empty", ["live", "--video", "{clip}", "--noise", ""], 2, "--noise is empty", None),
+    ("camera-empty", ["live", "--camera", "", "--no-audio"], 2, "--camera is empty", None),
+    ("stream-id-empty", ["live", "--video", "{clip}", "--stream-id", " "], 2,
+     "--stream-id is empty", None),
+    ("stream-id-too-long", ["live", "--video", "{clip}", "--stream-id", "x" * 300], 2,
+     "longer than 256", None),
+    ("stats-json-device", ["live", "--video", "{clip}", "--stats-json", "/dev/full"], 2,
+     "not a regular file", None),
+    ("save-features-device", ["live", "--video", "{clip}", "--save-features", "/dev/null"], 2,
+     "not a regular file", None),
+    ("publish-all-interfaces-no-keys", ["live", "--video", "{clip}", "--publish",
+                                        "tcp://0.0.0.0:5997"], 4, "needs CURVE keys", None),
+    ("subscribe-junk-server-key", ["subscribe", "--server-key", "{file}", "--count", "1"], 4,
+     "cannot read CURVE certificate", None),
+    # -- output paths of the other commands, checked before their work -------------------------
+    ("bench-json-unwritable", ["bench", "--json", "/proc/streamav-no-such-dir/b.json",
+                               "--backend", "eager", "--frames", "5", "--warmup", "1"], 2,
+     "--json /proc/streamav-no-such-dir/b.json: cannot write", None),
+    ("bench-plot-is-a-directory", ["bench", "--plot", "{tmp}", "--frames", "5"], 2,
+     "--plot", None),
+    ("eval-json-unwritable", ["eval", "--model", "{tmp}/m", "--cache", "{tmp}/c", "--json",
+                              "/proc/streamav-no-such-dir/r.json"], 2, "cannot write", None),
+    ("eval-plots-under-a-file", ["eval", "--model", "{tmp}/m", "--cache", "{tmp}/c", "--plots",
+                                 "{file}/plots"], 2, "is not a directory", None),
+    ("build-engines-json-unwritable", ["build-engines", "--json",
+                                       "/proc/streamav-no-such-dir/e.json"], 2, "cannot write",
+     None),
+    ("train-out-under-a-file", ["train", "mdvae", "--cache", "{tmp}/c", "--out", "{file}/m"], 2,
+     "--out", None),
+    ("corpus-index-json-unwritable", ["corpus", "index", "{tmp}", "--format", "crema-d",
+                                      "--json", "/proc/streamav-no-such-dir/i.json"], 2,
+     "cannot write", None),
+    ("corpus-synth-intensities", ["corpus", "synth", "--out", "{tmp}/s", "--intensities", "a,b"],
+     2, "--intensities", None),
+    ("corpus-synth-out-under-a-file", ["corpus", "synth", "--out", "{file}/s"], 2,
+     "is not a directory", None),
+    ("calibrate-start-nan", ["calibrate", "--profile", "p1", "--label", "neutral", "--video",
+                             "{clip}", "--start", "nan"], 2, "--start", None),
+    ("calibrate-end-before-start", ["calibrate", "--profile", "p1", "--label", "neutral",
+                                    "--video", "{clip}", "--start", "2", "--end", "1"], 2,
+     "--end", None),
+    ("calibrate-seconds-zero", ["calibrate", "--profile", "p1", "--camera", "0", "--seconds",
+                                "0"], 2, "--seconds", None),
 ]
 
 
@@ -218,3 +284,28 @@ def test_a_good_run_is_not_refused_by_the_checks(tmp_path, endpoint):
     assert result.returncode == 0, result.stderr
     assert stats.is_file() and os.path.getsize(stats) > 0
     assert not Path(tmp_path, "new", "folder", "stats.json.partial").exists()
+
+
+def test_an_output_that_fails_at_the_end_is_one_error_and_the_other_output_is_written(tmp_path):
+    """A path can go bad during the run (a full disk, a folder removed): the run's other
+    output is still written, and the failure is one InputError naming the flag."""
+    from streamav.config import load_config
+    from streamav.errors import InputError
+    from streamav.live import _write_outputs
+    from streamav.pipeline import RunSummary
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    stats = tmp_path / "stats.json"
+    config = load_config(None, {"source.video": "clip.mp4", "run.stats_json": str(stats),
+                                "run.save_features": str(blocker / "features.npz")})
+
+    class Recorder:
+        def features(self):
+            return None  # never written: the folder cannot be made
+
+    summary = RunSummary(final_stats={"frames": 3}, stop_reason="end of input")
+    with pytest.raises(InputError, match="--save-features .*features.npz: "):
+        _write_outputs(config, summary, Recorder())
+    assert json.loads(stats.read_text())["stats"] == {"frames": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder", "stats.json"]

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from streamav.errors import InputError
+
 corpus_app = typer.Typer(help="Make, index and cache training corpora.", no_args_is_help=True)
 
 FORMATS = ("mead", "crema-d", "ravdess", "grid", "folder", "synth")
@@ -27,12 +29,19 @@ def synth(
 ) -> None:
     """Generate the synthetic audiovisual emotional-speech corpus with known factors."""
     from streamav.corpus.synth.generate import synthesize_corpus
+    from streamav.outputs import check_writable_file, check_writable_folder
 
+    try:
+        levels = [int(i) for i in intensities.split(",")] if intensities else None
+    except ValueError:
+        raise InputError(f"--intensities {intensities!r}: expected integers like 1,3") from None
+    check_writable_folder(out, "--out")
+    if contact_sheet is not None:
+        check_writable_file(contact_sheet, "--contact-sheet")
     synthesize_corpus(
         out, speakers=speakers, sentences=sentences, seed=seed,
         emotions=emotions.split(",") if emotions else None,
-        intensities=[int(i) for i in intensities.split(",")] if intensities else None,
-        workers=workers, contact_sheet=contact_sheet)
+        intensities=levels, workers=workers, contact_sheet=contact_sheet)
 
 
 @corpus_app.command()
@@ -43,7 +52,10 @@ def index(
 ) -> None:
     """Read a corpus's own layout and naming scheme into one list of labelled clips."""
     from streamav.corpus.index import print_index, index_corpus, write_index_json
+    from streamav.outputs import check_writable_file
 
+    if json_out is not None:
+        check_writable_file(json_out, "--json")
     result = index_corpus(root, format)
     print_index(result)
     if json_out is not None:
@@ -60,5 +72,7 @@ def cache(
 ) -> None:
     """Run the live front end over every clip once and store the features (resumable)."""
     from streamav.corpus.cache import build_cache
+    from streamav.outputs import check_writable_folder
 
+    check_writable_folder(out, "--out")
     build_cache(root, format, out, workers=workers, split_seed=split_seed)

@@ -16,6 +16,7 @@ Names (the same in `streamav train`, `streamav eval` and `streamav live --noise`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,6 +94,8 @@ def _jpeg(crops: np.ndarray, quality: float, _rng) -> np.ndarray:
 _APPLY = {"gaussian": _gaussian, "occlude_mouth": _occlude_mouth, "occlude_eyes": _occlude_eyes,
           "lowlight": _lowlight, "blur": _blur, "jpeg": _jpeg}
 _DEFAULT_PARAM = {"gaussian": 0.1, "blur": 1.5, "jpeg": 15.0}
+# Inclusive ranges of the parameters: sigma on the 0..1 scale, blur sigma in px, JPEG quality.
+_PARAM_RANGE = {"gaussian": (0.0, 1.0), "blur": (0.1, 32.0), "jpeg": (0.0, 100.0)}
 
 # The corruptions `streamav eval` reports, in order.
 EVAL_CORRUPTIONS = ("gaussian:0.1", "gaussian:0.2", "occlude_mouth", "occlude_eyes", "lowlight")
@@ -108,7 +111,12 @@ def parse_corruption(spec: str) -> Corruption:
         if name not in _DEFAULT_PARAM:
             raise InputError(f"noise {name!r} takes no parameter")
         try:
-            return Corruption(name, float(value))
+            param = float(value)
         except ValueError:
             raise InputError(f"bad parameter in noise {spec!r}") from None
+        low, high = _PARAM_RANGE[name]
+        if not (math.isfinite(param) and low <= param <= high):
+            raise InputError(f"noise {spec!r}: the parameter of {name} must be in "
+                             f"{low:g}..{high:g}")
+        return Corruption(name, param)
     return Corruption(name, _DEFAULT_PARAM.get(name))

@@ -105,9 +105,13 @@ def save_features(path: Path, features: ClipFeatures) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as out:
-        np.savez(out, **features.arrays())
-    partial.replace(path)
+    try:
+        with open(partial, "wb") as out:
+            np.savez(out, **features.arrays())
+        partial.replace(path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written file left behind
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def load_features(path: Path) -> ClipFeatures:

@@ -10,6 +10,7 @@ tried `max_reconnects` times.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from streamav.errors import DeviceError
 from streamav.sources.base import AVSink
 
 log = logging.getLogger(__name__)
+
+_OPENCV_LOG_FATAL = 1  # cv2.setLogLevel: fatal messages only
+_AV_LOG_QUIET = -8  # FFmpeg's AV_LOG_QUIET, for OpenCV's FFmpeg backend
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,15 @@ class CameraSource:
         self.reconnects = 0
 
     def _open(self) -> cv2.VideoCapture | None:
-        capture = cv2.VideoCapture(self.device)
+        # OpenCV's and its FFmpeg's own lines ("can't open camera by index", "moov atom not
+        # found") would come before our one error line, and again on every reconnect attempt.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", str(_AV_LOG_QUIET))
+        previous_level = cv2.getLogLevel()
+        cv2.setLogLevel(_OPENCV_LOG_FATAL)
+        try:
+            capture = cv2.VideoCapture(self.device)
+        finally:
+            cv2.setLogLevel(previous_level)
         if not capture.isOpened():
             capture.release()
             return None
