@@ -128,9 +128,13 @@ def live(
         "model.enabled": False if no_model else None,
         "model.backend": backend, "model.device": device, "model.profile": profile,
     }
-    from streamav.live import run_live
+    from streamav.stop_signals import stop_on_signals
 
-    summary = run_live(config, overrides)
+    # From here on SIGINT, SIGTERM and SIGHUP abort the start-up, then end the run cleanly.
+    with stop_on_signals(afterwards="ignore") as signals:  # the process exits right after
+        from streamav.live import run_live
+
+        summary = run_live(config, overrides, signals)
     final = summary.final_stats
     typer.echo(
         f"streamav: {final['frames']} frames in {final['elapsed_s']:.1f} s "

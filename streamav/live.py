@@ -19,9 +19,10 @@ from streamav.model.inputs import SPECTRUM_BINS
 from streamav.model_runner import TORCH_HINT, runnable_without_torch
 from streamav.model_stage import EngineOptions, ModelStage, default_model_folder
 from streamav.frontend.features import FeatureRecorder, save_features
-from streamav.pipeline import LivePipeline, RunSummary, stop_on_signals
+from streamav.pipeline import LivePipeline, RunSummary
 from streamav.preview import PreviewWindow, display_available
 from streamav.sources.factory import build_sources
+from streamav.stop_signals import StopSignals, stop_on_signals
 from streamav.wire.control import ControlServer
 from streamav.wire.publisher import Publisher
 
@@ -129,18 +130,23 @@ def check_inputs(config: LiveConfig) -> None:
                              "(streamav profiles list; make one with streamav calibrate)")
 
 
-def run_live(config_path: Path | None, overrides: dict[str, Any]) -> RunSummary:
+def run_live(config_path: Path | None, overrides: dict[str, Any],
+             signals: StopSignals | None = None) -> RunSummary:
     """One `streamav live` run. SIGINT, SIGTERM and SIGHUP end it cleanly once capture has
-    started (final stats, outputs written, exit 0); before that they abort the set-up."""
+    started (final stats, outputs written, exit 0); before that they abort the set-up
+    (KeyboardInterrupt). `signals`: the caller's `stop_on_signals` (the CLI installs it before
+    its imports); without it, this run installs its own."""
+    if signals is None:
+        with stop_on_signals(afterwards="ignore") as own:  # the CLI exits right after
+            return run_live(config_path, overrides, own)
     config = load_config(config_path, overrides)
     check_inputs(config)
     recorder = None
     if config.run.save_features:
         recorder = FeatureRecorder(config.face.crop_size_px, config.spectrum.n_bins)
-    with stop_on_signals(afterwards="ignore") as signals:  # the CLI exits right after
-        pipeline = signals.pipeline = build_pipeline(config, on_frame=recorder)
-        summary = pipeline.run()
-        _write_outputs(config, summary, recorder)
+    pipeline = signals.pipeline = build_pipeline(config, on_frame=recorder)
+    summary = pipeline.run()
+    _write_outputs(config, summary, recorder)
     return summary
 
 

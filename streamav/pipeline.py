@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -32,6 +30,8 @@ from streamav.frontend.spectrum import CausalPowerSpectrum
 from streamav.ring import AVRing, VideoFrame
 from streamav.run_stats import RunStats
 from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, Source
+from streamav.stop_signals import (STOP_SIGNALS, StopSignals, interrupts_deferred,  # noqa: F401
+                                   stop_on_signals)
 from streamav.wire import protocol
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ _READ_TIMEOUT_S = 0.1  # how often the worker wakes to check for stop and send s
 _WAIT_POLL_S = 0.05  # how often the main thread looks for a stop signal while the worker runs
 _SLOW_STOP_S = 5.0  # warn when the worker takes longer than this to finish its frame
 
-# The signals that end a live run like Ctrl-C, and the stop reason each one gives.
-STOP_SIGNALS: dict[str, str] = {"SIGINT": "interrupted", "SIGTERM": "terminated (SIGTERM)",
-                                "SIGHUP": "hung up (SIGHUP)"}
 
 
 class FaceStage(Protocol):
@@ -113,6 +110,8 @@ class LivePipeline:
         self._worker_done = threading.Event()
         self._running = False  # the sources have started: a stop signal ends the run cleanly
         self._signalled: str | None = None  # a stop signal's reason, set by the handler only
+        self._setup_signalled: str | None = None  # a stop signal before the sources started
+        self._setup_aborted = False  # run() is unwinding its set-up after such a signal
         self._model_reset = threading.Event()  # source_back or the control socket's `reset`
         self._profile_requests: queue.SimpleQueue = queue.SimpleQueue()  # `profile.load`
         self._ring = AVRing(
@@ -159,17 +158,34 @@ class LivePipeline:
     def stopping(self) -> bool:
         return self._stop.is_set() or self._signalled is not None
 
-    def on_stop_signal(self, reason: str) -> None:
+    def on_stop_signal(self, reason: str) -> bool:
         """Called by a signal handler (main thread, between two bytecodes): only record it.
 
         Setting an Event or aborting the ring here could deadlock on a lock the interrupted
         main-thread code holds; the main thread's wait loop turns this into `request_stop`.
-        Before the sources start (set-up) it raises KeyboardInterrupt, as Ctrl-C does.
+        Returns True once the sources have started (the run will end cleanly) or while the
+        set-up is already being aborted. Before that (set-up) it returns False: `run()` then
+        aborts with KeyboardInterrupt at its next step, as Ctrl-C does, and the caller may
+        raise it sooner (`stop_on_signals` does where that is safe).
         """
-        if not self._running:
+        if self._running or self._setup_aborted:
+            if self._signalled is None:
+                self._signalled = reason
+            return True
+        if self._setup_signalled is None:
+            self._setup_signalled = reason
+        return False
+
+    @property
+    def setup_aborted(self) -> bool:
+        """run() is unwinding its set-up after a stop signal."""
+        return self._setup_aborted
+
+    def _abort_setup_if_signalled(self) -> None:
+        """Between two set-up steps: a stop signal received during them aborts the run now."""
+        if self._setup_signalled is not None:
+            self._setup_aborted = True
             raise KeyboardInterrupt
-        if self._signalled is None:
-            self._signalled = reason
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -177,17 +193,24 @@ class LivePipeline:
         started: list = []
         worker: threading.Thread | None = None
         try:
-            self.publisher.start()
+            # Each stage is listed before its start(), so that one interrupted or failing
+            # half-way is stopped too (every stop() is idempotent and works after a partial
+            # start): a stop signal during the set-up can land anywhere in it.
+            self._abort_setup_if_signalled()
             started.append(self.publisher)
+            self.publisher.start()
             if self.control is not None:
                 self._register_commands(self.control)
-                self.control.start()
                 started.append(self.control)
-            self.face.start()
+                self.control.start()
+            self._abort_setup_if_signalled()
             started.append(self.face)
+            self.face.start()
+            self._abort_setup_if_signalled()
             if self.model is not None:
-                self.model.start()
                 started.append(self.model)
+                self.model.start()
+            self._abort_setup_if_signalled()
             self._publish_status("started", f"sources: {', '.join(s.name for s in self.sources)}")
             anchor_ns = now_ns()  # one clock origin for every source that replays media
             self.stats.mark_start()
@@ -195,8 +218,8 @@ class LivePipeline:
             for source in self.sources:
                 if getattr(source, "anchor_ns", 0) is None:
                     source.anchor_ns = anchor_ns
-                source.start(self._ring)
                 started.append(source)
+                source.start(self._ring)
             worker = threading.Thread(target=self._work, name="streamav-worker", daemon=True)
             worker.start()
             with interrupts_deferred():  # a Ctrl-C now ends the run: what follows is shutdown
@@ -379,88 +402,6 @@ class LivePipeline:
             has_audio=self.has_audio,
             publish_dropped=counters,
         )
-
-
-@contextmanager
-def interrupts_deferred(raise_first: bool = True):
-    """In the main thread, with Python's default Ctrl-C handler installed (library use): the
-    first Ctrl-C inside the block raises KeyboardInterrupt as usual (`raise_first`), further
-    ones are logged and dropped until the block ends (the run is already stopping). Elsewhere
-    (another thread, a handler of the application's or `stop_on_signals`'s) it changes
-    nothing."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    raised = not raise_first
-
-    def once(signum, frame):
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise KeyboardInterrupt
-        log.info("Ctrl-C again: already stopping")
-
-    signal.signal(signal.SIGINT, once)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-class StopSignals:
-    """What `stop_on_signals` yields: set `pipeline` once it is built."""
-
-    def __init__(self) -> None:
-        self.pipeline: LivePipeline | None = None
-        self.aborting = False
-
-    def handle(self, signum: int, _frame) -> None:
-        if self.aborting:
-            return  # the first signal is already unwinding the set-up
-        if self.pipeline is None:  # still building it: abort, as Ctrl-C does
-            self.aborting = True
-            raise KeyboardInterrupt
-        try:
-            self.pipeline.on_stop_signal(
-                STOP_SIGNALS.get(signal.Signals(signum).name, "interrupted"))
-        except KeyboardInterrupt:
-            self.aborting = True
-            raise
-
-
-@contextmanager
-def stop_on_signals(afterwards: str = "restore") -> Iterator[StopSignals]:
-    """SIGINT, SIGTERM and SIGHUP end the run of the yielded object's `pipeline` like the end
-    of input (final stats, outputs written, exit 0) while the body runs; before its sources
-    start (set-up) they raise KeyboardInterrupt, as Ctrl-C does.
-
-    Main thread only (elsewhere this does nothing). A signal that is ignored when the body
-    starts (e.g. SIGHUP under nohup) stays ignored. The handler only records the signal
-    (`LivePipeline.on_stop_signal`): a signal can never tear down a stage under a frame, and a
-    repeated Ctrl-C during shutdown or while outputs are written is absorbed.
-
-    `afterwards`: "restore" the previous handlers when the body ends, or "ignore" these signals
-    from then on (for a process that exits right after the body: a late Ctrl-C must not turn a
-    finished run, or an aborted set-up, into a traceback).
-    """
-    if afterwards not in ("restore", "ignore"):
-        raise ValueError(f"afterwards must be 'restore' or 'ignore', got {afterwards!r}")
-    signals = StopSignals()
-    if threading.current_thread() is not threading.main_thread():
-        yield signals
-        return
-    previous: dict[int, object] = {}
-    try:
-        for name in STOP_SIGNALS:
-            signum = getattr(signal, name, None)
-            if signum is None or signal.getsignal(signum) is signal.SIG_IGN:
-                continue
-            previous[signum] = signal.signal(signum, signals.handle)
-        yield signals
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old if afterwards == "restore" else signal.SIG_IGN)
 
 
 def face_payload(face: FaceResult, frame: VideoFrame) -> dict:

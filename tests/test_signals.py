@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,14 +85,14 @@ def test_a_stop_signal_ends_the_run_cleanly_within_2_s(signum, reason, tmp_path,
 
 
 def test_repeated_ctrl_c_while_frames_are_processed_never_shows_a_traceback(tmp_path, endpoint):
-    """Offline (every frame, the CPU busy): bursts of SIGINT at different moments of the run."""
+    """Offline (every frame, the CPU busy): bursts of 20 SIGINTs at different moments."""
     require_shared_data()
     for delay_s in (0.0, 0.3, 1.0):
         stats_path = tmp_path / f"stats-{delay_s}.json"
         process, sub = _start_live(endpoint, "--no-realtime", "--stats-json", str(stats_path))
         try:
             time.sleep(delay_s)
-            for _ in range(10):
+            for _ in range(20):
                 process.send_signal(signal.SIGINT)
                 time.sleep(0.02)
             _, stderr = process.communicate(timeout=10)
@@ -101,3 +102,61 @@ def test_repeated_ctrl_c_while_frames_are_processed_never_shows_a_traceback(tmp_
         assert "Traceback" not in stderr and "AssertionError" not in stderr, stderr
         assert process.returncode == 0, stderr
         assert json.loads(stats_path.read_text())["stop_reason"] == "interrupted"
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler installed for `signum` (Linux: /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+@pytest.mark.parametrize("signum, after_s, burst", [
+    (signal.SIGTERM, 0.0, 1), (signal.SIGTERM, 1.0, 1), (signal.SIGHUP, 2.0, 1),
+    (signal.SIGINT, 0.5, 20), (signal.SIGTERM, "engine build", 1)],
+    ids=["SIGTERM-at-once", "SIGTERM-1s", "SIGHUP-2s", "20xSIGINT", "SIGTERM-engine-build"])
+def test_a_stop_signal_during_start_up_aborts_it_without_a_traceback(signum, after_s, burst,
+                                                                     tmp_path, endpoint):
+    """Between the handlers' installation and the first frame (imports, MediaPipe, PyTorch's
+    start-up, the ONNX engine's first build into an empty cache): exit 130 in a few seconds,
+    no traceback, no C++ `terminate`, no outputs and no half-built engine left behind. Before
+    the handlers were careful about where they raise, a signal during PyTorch's start-up
+    could end in `terminate called after throwing an instance of
+    'pybind11::error_already_set'` (SIGABRT) or be swallowed (the run went on to the end)."""
+    require_shared_data()
+    engines = tmp_path / "engines"
+    env = {**cli_env(), "STREAMAV_ENGINE_DIR": str(engines)}
+    stats_path = tmp_path / "stats.json"
+    process = subprocess.Popen(
+        [*STREAMAV, "live", "--video", str(OBAMA), "--no-preview", "--publish", endpoint,
+         "--control", "none", "--stats-json", str(stats_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(process.pid, signal.SIGTERM):  # stop_on_signals is installed
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        if after_s == "engine build":  # its first line: "... building it once into ..."
+            line = process.stderr.readline()
+            assert "building it once" in line, line
+            time.sleep(0.5)
+        else:
+            time.sleep(after_s)
+        t_signal = time.monotonic()
+        for _ in range(burst):
+            process.send_signal(signum)
+            time.sleep(0.02)
+        _, stderr = process.communicate(timeout=30)
+        took_s = time.monotonic() - t_signal
+    finally:
+        process.kill()
+        process.wait()
+    assert "Traceback" not in stderr and "terminate called" not in stderr, stderr
+    assert process.returncode == 130, (process.returncode, stderr)
+    assert took_s < 15, f"exit {took_s:.1f} s after the signal"
+    assert all(line.startswith("streamav: ") for line in stderr.splitlines() if line), stderr
+    assert not stats_path.exists()
+    assert not list(engines.glob(".build-*"))

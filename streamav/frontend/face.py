@@ -293,7 +293,7 @@ def align_face(image_rgb: np.ndarray, landmarks_xy: np.ndarray, crop_size_px: in
 @contextmanager
 def _stderr_to_debug_log(enabled: bool) -> Iterator[None]:
     """Send fd 2 to a temporary file for the duration, then log its lines: at DEBUG level, or at
-    WARNING level when the body raised (the native lines may say why)."""
+    WARNING level when the body failed (the native lines may say why; not on Ctrl-C)."""
     if not enabled:
         yield
         return
@@ -305,6 +305,8 @@ def _stderr_to_debug_log(enabled: bool) -> Iterator[None]:
         try:
             os.dup2(sink.fileno(), 2)
             yield
+        except KeyboardInterrupt:  # a stop signal during start-up: the lines say nothing new
+            raise
         except BaseException:
             level = logging.WARNING
             raise
