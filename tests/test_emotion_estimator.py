@@ -70,7 +70,9 @@ def _people(n_people: int, seed: int, clips_per_label: int = 2, frames: int = 75
 
 @pytest.fixture(scope="module")
 def fitted() -> EmotionEstimator:
-    return fit_estimator(_people(12, 0), _people(4, 1), LABELS, EmotionSettings(groups=("w",)))
+    # 8 validation people: the temperature of each baseline-age bucket is fitted on them (with
+    # 4, the 3-10 s bucket's came out underconfident on new people: ECE 0.105)
+    return fit_estimator(_people(12, 0), _people(8, 1), LABELS, EmotionSettings(groups=("w",)))
 
 
 def test_a_new_person_is_recognised_once_their_baseline_is_learnt(fitted):

@@ -6,7 +6,7 @@ Per frame with a face (`EmotionStream.step`):
     x_t      = the frame's features (streamav.emotion.features: geometry, prosody[, w])
     d_t      = x_t - baseline_t               PersonBaseline (population prior, tau >= 20 s),
                                               or a calibration profile's fixed neutral baseline
-    s_t      = EMA of d_t (time constant smoothing_s, 0.5 s: speech moves the mouth every frame)
+    s_t      = EMA of d_t (time constant smoothing_s, 0.75 s: speech moves the mouth every frame)
     logits_t = W s_t + b  (+ the profile's own head, when it has one)
     probs_t  = softmax(logits_t / T(age)),    age = seconds of this person the baseline has seen
 
@@ -44,7 +44,7 @@ class EmotionSettings:
     groups: tuple[str, ...] = ("geometry", "prosody")
     baseline_tau_s: float = 30.0  # the person's running baseline (>= 20 s, docs/model.md)
     prior_s: float = 1.0  # weight of the population prior, in seconds of frames
-    smoothing_s: float = 0.5  # EMA of the normalised features
+    smoothing_s: float = 0.75  # EMA of the normalised features (docs/model.md)
     uncertain_below: float = 0.5  # top probability under this: `uncertain`, no emotion.change
     person_lost_s: float = 2.0  # face lost this long: a new person (baseline reset)
 
@@ -142,8 +142,9 @@ class EmotionEstimator:
 
 @dataclass
 class Profile:
-    """A person's calibration: a neutral baseline and (with >= 2 labels) their own head, added to
-    the population head's logits (streamav.emotion.profiles writes and reads them)."""
+    """A person's calibration: a neutral baseline and (with >= 2 labels, when the population
+    head misreads their calibration frames) their own head, added to the population head's
+    logits (streamav.emotion.profiles writes and reads them)."""
 
     name: str
     baseline: np.ndarray  # (D,) the fixed baseline (see streamav.emotion.fit.fit_profile)
@@ -151,6 +152,7 @@ class Profile:
     bias: np.ndarray | None = None  # (C,)
     labels_seen: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    population_accuracy: float | None = None  # the population head on the calibration frames
 
 
 class EmotionStream:

@@ -43,9 +43,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def fit_emotion_head(w: np.ndarray, labels: list[str] | np.ndarray, *,
                      classes: tuple[str, ...] | None = None, l2: float = 1e-2,
-                     steps: int = 500, learning_rate: float = 0.5) -> EmotionHead:
+                     steps: int = 500, learning_rate: float = 0.5,
+                     whiten_variance: float | None = None) -> EmotionHead:
     """Fit on `w` (N, w_dim) with one label per row. `classes` fixes the output order (default:
-    the sorted labels present); a class without examples gets a large negative bias."""
+    the sorted labels present); a class without examples gets a large negative bias.
+
+    `whiten_variance` (e.g. 0.999): fit on the whitened principal components of the
+    standardised inputs that hold that share of their variance, instead of the inputs
+    themselves. Strongly correlated inputs (468 mesh points that move together) make plain
+    gradient descent crawl along all but the first few directions (the step is bounded by the
+    largest eigenvalue), so it stops far from the optimum - an accidental, uncontrolled
+    regulariser; whitened, it converges and `l2` is the regulariser."""
     w = np.asarray(w, np.float64)
     labels = np.asarray(labels)
     if w.ndim != 2 or w.shape[0] != labels.shape[0] or w.shape[0] == 0:
@@ -61,7 +69,11 @@ def fit_emotion_head(w: np.ndarray, labels: list[str] | np.ndarray, *,
     onehot = np.eye(len(classes))[y]
     mean, std = w.mean(axis=0), w.std(axis=0) + 1e-6
     x = (w - mean) / std
-    weights = np.zeros((len(classes), w.shape[1]))
+    projection = None
+    if whiten_variance is not None:
+        projection = whitening(x, whiten_variance)
+        x = x @ projection
+    weights = np.zeros((len(classes), x.shape[1]))
     bias = np.zeros(len(classes))
     present = np.bincount(y, minlength=len(classes)) > 0
     # at most 1 / L, L the gradient's Lipschitz bound: correlated inputs (neighbouring mesh
@@ -73,7 +85,21 @@ def fit_emotion_head(w: np.ndarray, labels: list[str] | np.ndarray, *,
         weights -= learning_rate * (grad.T @ x + l2 * weights)
         bias -= learning_rate * grad.sum(axis=0)
     bias[~present] = -30.0
+    if projection is not None:  # back from the components to the standardised inputs
+        weights = weights @ projection.T
     # Fold the standardisation in: logits = ((w - mean) / std) @ W.T + b = w @ (W / std).T + b'.
     raw_weights = weights / std
     raw_bias = bias - raw_weights @ mean
     return EmotionHead(classes, raw_weights.astype(np.float32), raw_bias.astype(np.float32))
+
+
+def whitening(x: np.ndarray, variance: float) -> np.ndarray:
+    """(D, r): projects centred rows of `x` (N, D) onto the principal components holding
+    `variance` of the total, each scaled to unit variance."""
+    if not 0.0 < variance <= 1.0:
+        raise InputError(f"whiten_variance must be in (0, 1], got {variance}")
+    _, singular, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    eigen = singular ** 2 / len(x)
+    keep = int(np.searchsorted(np.cumsum(eigen) / eigen.sum(), variance)) + 1
+    keep = min(keep, int(np.sum(eigen > eigen[0] * 1e-12)))
+    return vt[:keep].T / np.sqrt(eigen[:keep])

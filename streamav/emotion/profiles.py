@@ -146,7 +146,8 @@ def add_examples(name: str, estimator: EmotionEstimator, clips: Sequence[ClipFra
     profile = fit_profile(estimator, name, _examples(meta, arrays))
     arrays.update(_fitted_arrays(profile))
     meta.update(updated_unix_s=time.time(), estimator=fingerprint(estimator),
-                labels=list(profile.labels_seen), person_head=profile.weights is not None)
+                labels=list(profile.labels_seen), person_head=profile.weights is not None,
+                population_accuracy=profile.population_accuracy)
     _write(name, meta, arrays)
     return meta
 
