@@ -61,6 +61,11 @@ REFINE_AUDIO_DROP = 0.25  # windows whose audio is zeroed (V-only: no microphone
 # Real faces (every speaker not named like the synthetic generator's S001) are a few percent of
 # the windows but what the model meets live: a batch draws them with this probability.
 REFINE_REAL_FRACTION = 0.35
+# Synthetic heads move all the time, real ones sit still for seconds (GRID: the best baseline
+# averages over 1 s): a share of the windows is played slowed down (each frame held 2-8 frames,
+# with fresh noise on every copy), so the gates learn to use the long means when the face is still.
+REFINE_SLOW_FRACTION = 0.3
+REFINE_SLOW_FACTORS = (2, 3, 4, 8)
 _SYNTHETIC_SPEAKER = re.compile(r"^S\d+$")
 
 
@@ -175,9 +180,19 @@ class _RefineWindows(_Batches):
             return int(pool[rng.integers(len(pool))])
         return int(rng.integers(len(self.dataset)))
 
+    @staticmethod
+    def _maybe_slowed(item: dict, rng: np.random.Generator) -> dict:
+        """The window as is, or (REFINE_SLOW_FRACTION) its start played slowed down."""
+        if rng.random() >= REFINE_SLOW_FRACTION:
+            return item
+        factor = int(rng.choice(REFINE_SLOW_FACTORS))
+        frames = torch.arange(item["face"].shape[0]) // factor
+        return {**item, "face": item["face"][frames], "spectrum": item["spectrum"][frames]}
+
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, 7, step])
-        items = [self.dataset[self._window(rng)] for _ in range(self.batch_size)]
+        items = [self._maybe_slowed(self.dataset[self._window(rng)], rng)
+                 for _ in range(self.batch_size)]
         clean = torch.stack([item["face"] for item in items])  # (B, T, 3, 64, 64)
         spectrum = torch.stack([item["spectrum"] for item in items])  # (B, T, 513)
         crops = _faces_to_crops(clean)
