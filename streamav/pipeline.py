@@ -4,6 +4,10 @@ Threads, not asyncio (DESIGN section 2): each source has its own thread or devic
 worker thread does the per-frame compute, the publisher thread owns the PUB socket, and the main
 thread runs the optional preview window (OpenCV wants the main thread) or just waits.
 
+Set-up order: the publisher and control sockets are bound, the devices opened (sources with a
+`prepare()`), then the face tracker and the model loaded, so that a busy endpoint or a missing
+camera fails before the slow steps.
+
 A run ends at the end of the video stream, after `max_frames` frames or `duration_s` seconds,
 on Ctrl-C (or SIGTERM, SIGHUP: see `stop_on_signals`), on `q` in the preview, or on a fatal
 source error. It always ends the same way: the worker finishes the frame in hand and exits, then
@@ -90,7 +94,8 @@ class LivePipeline:
     def __init__(self, config: LiveConfig, sources: list[Source], face: FaceStage,
                  publisher: PublisherLike, preview=None, control=None, model=None,
                  on_stats: Callable[[dict], None] | None = None,
-                 on_frame: Callable[[FrameResult], None] | None = None) -> None:
+                 on_frame: Callable[[FrameResult], None] | None = None,
+                 on_started: Callable[[], None] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.face = face
@@ -101,6 +106,7 @@ class LivePipeline:
         self.model = model  # ModelStage or None (front end only)
         self.on_stats = on_stats  # called with every stats payload (e.g. a console line)
         self.on_frame = on_frame  # called by the worker with every FrameResult, in order
+        self.on_started = on_started  # called on the main thread once capture has started
         self.stats = RunStats()
         self.has_audio = any(s.has_audio for s in sources)
         self.latest: FrameResult | None = None
@@ -203,6 +209,13 @@ class LivePipeline:
                 self._register_commands(self.control)
                 started.append(self.control)
                 self.control.start()
+            # Devices next (a camera is opened, a microphone looked up): one that is not
+            # there fails now, before the face tracker loads and the model's engine is built.
+            for source in self.sources:
+                prepare = getattr(source, "prepare", None)
+                if prepare is not None:
+                    started.append(source)
+                    prepare()
             self._abort_setup_if_signalled()
             started.append(self.face)
             self.face.start()
@@ -218,10 +231,13 @@ class LivePipeline:
             for source in self.sources:
                 if getattr(source, "anchor_ns", 0) is None:
                     source.anchor_ns = anchor_ns
-                started.append(source)
+                if source not in started:
+                    started.append(source)
                 source.start(self._ring)
             worker = threading.Thread(target=self._work, name="streamav-worker", daemon=True)
             worker.start()
+            if self.on_started is not None:
+                self.on_started()
             with interrupts_deferred():  # a Ctrl-C now ends the run: what follows is shutdown
                 self._wait(worker)
                 final = self._finish()

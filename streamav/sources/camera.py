@@ -5,6 +5,10 @@ which is as close to the device as OpenCV lets us get. When a read fails (unplug
 driver hiccup, the end of a file handed in place of a device), the source reports `source_lost`,
 releases the device and reopens it with a delay until it works again (`source_back`) or it has
 tried `max_reconnects` times.
+
+`prepare()` opens the device before the run starts it: `streamav live` calls it before the face
+tracker and the model are loaded, so that a camera that is not there fails in a second, not
+after an engine build.
 """
 
 from __future__ import annotations
@@ -79,11 +83,16 @@ class CameraSource:
             capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frames, not a backlog
         return capture
 
-    def start(self, sink: AVSink) -> None:
-        self._capture = self._open()
+    def prepare(self) -> None:
+        """Open the device now (a DeviceError if it cannot be); `start` then uses it."""
+        if self._capture is None:
+            self._capture = self._open()
         if self._capture is None:
             raise DeviceError(f"camera {self.device!r} could not be opened "
                               "(see `streamav devices` for the cameras found)")
+
+    def start(self, sink: AVSink) -> None:
+        self.prepare()
         self._thread = threading.Thread(target=self._run, args=(sink,), name="streamav-camera",
                                         daemon=True)
         self._thread.start()

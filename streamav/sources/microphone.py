@@ -139,6 +139,7 @@ class MicrophoneSource:
         self._device_rate_hz = device_rate_hz
         self.settings: CaptureSettings | None = None
         self._sd: ModuleType | None = None
+        self._index: int | None = None  # the PortAudio device, once prepared
         self._sink: AVSink | None = None
         self._stream: Any = None
         self._error: BaseException | None = None
@@ -158,15 +159,23 @@ class MicrophoneSource:
 
     # -- Source protocol ---------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Find the device and the rate and channels it accepts, without opening the stream
+        (a DeviceError or MissingDependencyError now rather than after the model loads)."""
+        if self.settings is not None:
+            return
+        sd = import_sounddevice()
+        self._sd = sd
+        self._index = resolve_input_device(sd, self.device)
+        self.settings = _choose_settings(sd, self._index, self._channels, self._device_rate_hz,
+                                         self.block_size)
+
     def start(self, sink: AVSink) -> None:
         if self._stream is not None:
             raise RuntimeError(f"{self.name} is already started")
-        sd = import_sounddevice()
-        self._sd = sd
-        index = resolve_input_device(sd, self.device)
-        settings = _choose_settings(sd, index, self._channels, self._device_rate_hz,
-                                    self.block_size)
-        self.settings = settings
+        self.prepare()
+        sd, index, settings = self._sd, self._index, self.settings
+        assert sd is not None and settings is not None
         self._sink = sink
         self._block_ns = settings.device_block_frames * NS_PER_S // settings.sample_rate_hz
         self._mix = np.zeros(settings.device_block_frames, np.float32)
