@@ -1,7 +1,9 @@
-"""The preview window: the frame, the face box, the 64x64 crop, an audio meter, fps and latency.
+"""The preview window: the frame, the face box, the 64x64 crop, the denoised face, an audio
+meter, the emotion bars, fps and latency.
 
 `render_preview` composes one image (a pure function, tested headless); `PreviewWindow` shows it
-in an OpenCV window on the main thread until the run ends or the user presses `q` (or Esc).
+in an OpenCV window on the main thread until the run ends or the user presses `q` (or Esc);
+`live --write-video` encodes the same image for every frame (streamav/run_outputs.py).
 `display_available` decides whether a window can be opened at all.
 """
 
@@ -18,9 +20,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _PANEL_PX = 160  # width of the side panel: the crop and the denoised face 2x, meter, numbers
-_PANEL_HEIGHT_PX = 400
+_PANEL_HEIGHT_PX = 504
+_BARS_TOP_PX = 306  # the emotion bars, one row per class (at most _BAR_ROWS)
+_BAR_ROWS = 8
+_BAR_ROW_PX = 13
+_TEXT_TOP_PX = _BARS_TOP_PX + _BAR_ROWS * _BAR_ROW_PX + 18
 _GREEN = (80, 220, 80)
 _WHITE = (235, 235, 235)
+_GREY = (150, 150, 150)
 
 
 def display_available() -> tuple[bool, str]:
@@ -45,9 +52,12 @@ def emotion_line(emotion: dict) -> str:
 def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | None = None,
                    audio_level_dbfs: float | None = None, fps: float | None = None,
                    latency_ms: float | None = None, denoised_rgb: np.ndarray | None = None,
-                   emotion: str | None = None) -> np.ndarray:
+                   emotion: str | None = None, emotion_probs=None,
+                   hint: str | None = "q: quit") -> np.ndarray:
     """The preview image: the frame with the face box, and a side panel (the crop the model
-    sees, the model's denoised face, the audio meter, emotion, fps, latency). BGR uint8."""
+    sees, the model's denoised face, the audio meter, one bar per emotion class, the emotion
+    line, fps, latency, `hint`). `emotion_probs`: (labels, probabilities) or None. BGR uint8,
+    max(frame height, 504) tall and frame width + 160 wide."""
     height = max(image_bgr.shape[0], _PANEL_HEIGHT_PX)
     canvas = np.zeros((height, image_bgr.shape[1] + _PANEL_PX, 3), np.uint8)
     canvas[:image_bgr.shape[0], :image_bgr.shape[1]] = image_bgr
@@ -60,13 +70,46 @@ def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | 
             canvas[top:top + 128, x0:x0 + 128] = cv2.resize(
                 cv2.cvtColor(face, cv2.COLOR_RGB2BGR), (128, 128), interpolation=cv2.INTER_NEAREST)
     _draw_meter(canvas, x0, 282, audio_level_dbfs)
+    if emotion_probs is not None:
+        _draw_bars(canvas, x0, _BARS_TOP_PX, *emotion_probs)
     lines = [emotion or "",
              f"{fps:5.1f} fps" if fps is not None else "-- fps",
-             f"{latency_ms:5.1f} ms lat" if latency_ms is not None else "-- ms lat", "q: quit"]
+             f"{latency_ms:5.1f} ms lat" if latency_ms is not None else "-- ms lat", hint or ""]
     for i, text in enumerate(lines):
-        cv2.putText(canvas, text, (x0, 320 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _WHITE, 1,
-                    cv2.LINE_AA)
+        cv2.putText(canvas, text, (x0, _TEXT_TOP_PX + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    _WHITE, 1, cv2.LINE_AA)
     return canvas
+
+
+def _draw_bars(canvas: np.ndarray, x0: int, y0: int, labels, probs) -> None:
+    """One row per class (the first `_BAR_ROWS`): its name (7 letters) and a bar 0..1, the top
+    class in green."""
+    probs = [float(p) for p in probs]
+    top = int(np.argmax(probs)) if probs else -1
+    for i, (label, p) in enumerate(list(zip(labels, probs))[:_BAR_ROWS]):
+        y = y0 + i * _BAR_ROW_PX
+        color = _GREEN if i == top else _GREY
+        cv2.putText(canvas, str(label)[:7], (x0, y + 9), cv2.FONT_HERSHEY_SIMPLEX, 0.32, color,
+                    1, cv2.LINE_AA)
+        cv2.rectangle(canvas, (x0 + 52, y + 1), (x0 + 128, y + 10), _GREY, 1)
+        fill = int(round(76 * min(max(p, 0.0), 1.0)))
+        if fill > 0:
+            cv2.rectangle(canvas, (x0 + 52, y + 1), (x0 + 52 + fill, y + 10), color, -1)
+
+
+def compose_result(result, fps: float | None, latency_ms: float | None,
+                   hint: str | None = "q: quit") -> np.ndarray:
+    """`render_preview` of one pipeline FrameResult (the window and --write-video)."""
+    model = result.model
+    emotion = None if model is None else model.emotion
+    return render_preview(
+        result.frame.image_bgr, result.face.box_xywh,
+        model.noisy_rgb if model is not None else result.face.crop_rgb,
+        result.audio_level_dbfs, fps, latency_ms,
+        denoised_rgb=None if model is None else model.denoised_rgb,
+        emotion=None if emotion is None else emotion_line(emotion),
+        emotion_probs=None if emotion is None else (emotion["labels"], emotion["probs"]),
+        hint=hint)
 
 
 def _draw_meter(canvas: np.ndarray, x0: int, y0: int, level_dbfs: float | None) -> None:
@@ -94,14 +137,8 @@ class PreviewWindow:
                 if latest is not None and latest.frame.seq != shown_seq:
                     shown_seq = latest.frame.seq
                     stats = pipeline.stats.latency.total["capture_to_publish"]
-                    model = latest.model
-                    image = render_preview(
-                        latest.frame.image_bgr, latest.face.box_xywh,
-                        model.noisy_rgb if model is not None else latest.face.crop_rgb,
-                        latest.audio_level_dbfs, pipeline.stats.recent_fps(),
-                        stats.percentile_ms(50),
-                        denoised_rgb=None if model is None else model.denoised_rgb,
-                        emotion=None if model is None else emotion_line(model.emotion))
+                    image = compose_result(latest, pipeline.stats.recent_fps(),
+                                           stats.percentile_ms(50))
                     cv2.imshow(self.title, image)
                 key = cv2.waitKey(15) & 0xFF
                 if key in (ord("q"), 27):

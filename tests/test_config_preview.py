@@ -65,7 +65,7 @@ def test_render_preview_draws_frame_box_crop_and_meter():
     denoised[..., 2] = 255  # pure blue in RGB
     image = render_preview(frame, (100, 60, 80, 100), crop, audio_level_dbfs=-20.0, fps=29.9,
                            latency_ms=12.5, denoised_rgb=denoised, emotion="happy 0.91")
-    assert image.shape == (400, 320 + 160, 3)
+    assert image.shape == (504, 320 + 160, 3)
     assert tuple(image[60, 140]) == (80, 220, 80)  # box edge, green
     assert tuple(image[120, 200]) == (50, 50, 50)  # inside the box: the frame untouched
     assert tuple(image[50, 320 + 16 + 60]) == (0, 0, 255)  # the crop, now BGR red
@@ -75,6 +75,18 @@ def test_render_preview_draws_frame_box_crop_and_meter():
     assert 80 <= filled <= 90  # -20 dBFS fills 2/3 of the -60..0 scale
     silent = render_preview(frame, None, None, audio_level_dbfs=None)
     assert (silent[:240, :320] == 50).all()  # no box drawn when no face
+
+
+def test_render_preview_draws_one_bar_per_emotion_the_top_one_green():
+    frame = np.full((240, 320, 3), 50, np.uint8)
+    labels = ("angry", "happy", "neutral")
+    image = render_preview(frame, emotion_probs=(labels, (0.1, 0.7, 0.2)))
+    x0, y0 = 320 + 16 + 52, 306  # the bars: 76 px wide from x0, one 13 px row per class
+    rows = [image[y0 + 13 * i + 5, x0:x0 + 77] for i in range(3)]
+    green = [int((row == (80, 220, 80)).all(axis=1).sum()) for row in rows]
+    assert green[0] == green[2] == 0 and 50 <= green[1] <= 56  # 0.7 of 76 px, in green
+    grey = [int((row == (150, 150, 150)).all(axis=1).sum()) for row in rows]
+    assert 6 <= grey[0] <= 12 and 14 <= grey[2] <= 20  # the others in grey, to scale
 
 
 def test_preview_emotion_line_says_when_it_is_uncertain():
