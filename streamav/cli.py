@@ -28,6 +28,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _no_types_for_flags() -> None:
+    """Typer (0.2x, its own help panel) prints a value type after every option, `<bool>` after
+    flags such as --no-audio, --demo and --help, which take no value at all. Its plain-text
+    help leaves flags bare; do the same in the rich panel (options with a value keep their
+    `<int>`, `<path>`, ...). Older typers have no such column and are left alone."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - a typer without its own option class
+        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "streamav_flags_bare", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich.streamav_flags_bare = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_types_for_flags()
+
 from streamav.corpus.cli import corpus_app  # noqa: E402  (the sub-app; its work loads lazily)
 
 app.add_typer(corpus_app, name="corpus")
@@ -68,46 +94,84 @@ def _root(
                         format="streamav: %(message)s", stream=sys.stderr)
 
 
-@app.command()
+LIVE_EXAMPLES = """Examples:
+
+  streamav live --demo                 the bundled clip: model, summary, strip
+  streamav live                        webcam 0 and the default microphone
+  streamav live --camera 1 --mic USB --no-preview --duration 60
+  streamav live --video talk.mp4 --no-realtime --csv talk.csv
+  streamav live --video talk.mp4 --write-video seen.mp4 --stats-json s.json
+
+On a terminal a status line shows fps, latency, the face and the emotion while it runs; \
+the last line sums the run up (frames, fps, engine, top emotions). More: README, \
+docs/live.md, docs/config.md."""
+
+
+@app.command(epilog=LIVE_EXAMPLES)
 def live(
-    camera: Optional[str] = typer.Option(None, help="Camera index or device path (default 0)."),
-    video: Optional[str] = typer.Option(None, help="Video file or URL (PyAV) instead of a camera."),
-    mic: Optional[str] = typer.Option(None, help="Microphone: 'default', an index or part of a name."),
-    audio: Optional[str] = typer.Option(None, help="Audio file (wav, flac, mp3, ...)."),
+    camera: Optional[str] = typer.Option(
+        None, help="Camera index or device path. (default: 0, unless --video)"),
+    video: Optional[str] = typer.Option(
+        None, help="Video file or URL (PyAV) instead of a camera; its audio track is the audio "
+                   "unless --mic/--audio/--no-audio."),
+    mic: Optional[str] = typer.Option(
+        None, help="Microphone: 'default', an index or part of a name. (default: the default "
+                   "microphone with a camera; none with --video)"),
+    audio: Optional[str] = typer.Option(
+        None, help="Audio file (wav, flac, mp3, ...) instead of a microphone."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Run on video alone."),
-    demo: bool = typer.Option(False, "--demo", help="Run on the bundled CREMA-D clip."),
-    publish: Optional[str] = typer.Option(None, help="PUB endpoint (default tcp://127.0.0.1:5555)."),
+    demo: bool = typer.Option(
+        False, "--demo", help="Run on the bundled CREMA-D clip; ends with an emotion timeline "
+                              "and a PNG strip of input and denoised faces (in the temp folder)."),
+    publish: Optional[str] = typer.Option(
+        None, help="PUB endpoint. (default: tcp://127.0.0.1:5555)"),
     control: Optional[str] = typer.Option(
-        None, help="REQ/REP control endpoint (default tcp://127.0.0.1:5556); 'none' disables it."),
+        None, help="REQ/REP control endpoint; 'none' disables it. "
+                   "(default: tcp://127.0.0.1:5556)"),
     curve_secret_key: Optional[Path] = typer.Option(
-        None, help="CURVE secret key file (zmq.auth), required for a non-loopback --publish."),
-    stream_id: Optional[str] = typer.Option(None, help="Stream id put in every message."),
+        None, help="CURVE secret key file (zmq.auth), required for a non-loopback --publish. "
+                   "(default: none, loopback only)"),
+    stream_id: Optional[str] = typer.Option(
+        None, help="Stream id put in every message. (default: host-pid-random, new each run)"),
     preview: Optional[bool] = typer.Option(
-        None, "--preview/--no-preview", help="Preview window (default: on when a display exists)."),
+        None, "--preview/--no-preview",
+        help="Preview window. (default: on when a display exists)"),
     realtime: Optional[bool] = typer.Option(
         None, "--realtime/--no-realtime",
-        help="Real time (newest frame, drops counted) or every frame of a file, deterministic."),
-    max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames."),
-    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
-    width: Optional[int] = typer.Option(None, help="Camera frame width in px (default 640)."),
-    height: Optional[int] = typer.Option(None, help="Camera frame height in px (default 480)."),
-    fps: Optional[float] = typer.Option(None, help="Camera frame rate (default 30)."),
-    stats_json: Optional[Path] = typer.Option(None, help="Write the final stats here (JSON)."),
+        help="Real time (newest frame, drops counted) or every frame of a file, deterministic. "
+             "(default: --realtime)"),
+    max_frames: Optional[int] = typer.Option(
+        None, help="Stop after this many frames. (default: no limit)"),
+    duration: Optional[float] = typer.Option(
+        None, help="Stop after this many seconds. (default: no limit)"),
+    width: Optional[int] = typer.Option(None, help="Camera frame width in px. (default: 640)"),
+    height: Optional[int] = typer.Option(None, help="Camera frame height in px. (default: 480)"),
+    fps: Optional[float] = typer.Option(None, help="Camera frame rate. (default: 30)"),
+    stats_json: Optional[Path] = typer.Option(
+        None, help="Write the final stats and the config here (JSON) at the end."),
+    csv: Optional[Path] = typer.Option(
+        None, help="Write one row per frame here: frame, timestamp_s, face_found, face box, "
+                   "one column per emotion probability, emotion_top, uncertain (docs/live.md)."),
+    write_video: Optional[Path] = typer.Option(
+        None, help="Write what the preview shows for every frame here (.mp4, .mkv or .mov, "
+                   "H.264): frame, face box, crop, denoised face, emotion bars."),
     save_features: Optional[Path] = typer.Option(
         None, help="Write every frame's face crop and spectrum here (.npz), as the corpus cache "
                    "stores them."),
     model: Optional[Path] = typer.Option(
-        None, help="Model folder (streamav train); default: the model shipped in the package."),
+        None, help="Model folder (streamav train). (default: the model shipped in the package)"),
     no_model: bool = typer.Option(False, "--no-model", help="Front end only, no MDVAE."),
     noise: Optional[str] = typer.Option(
-        None, help="Corrupt the face before the model, e.g. gaussian:0.2, occlude_mouth."),
+        None, help="Corrupt the face before the model, e.g. gaussian:0.2, occlude_mouth. "
+                   "(default: none)"),
     backend: Optional[str] = typer.Option(
-        None, help="Model step backend: auto (default), onnx, eager, compile, tensorrt."),
-    device: Optional[str] = typer.Option(None, help="cpu (default) or cuda."),
+        None, help="Model step backend: auto, onnx, eager, compile, tensorrt. (default: auto)"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda. (default: cpu)"),
     profile: Optional[str] = typer.Option(
         None, help="Calibration profile for the emotion (streamav calibrate; streamav profiles "
-                   "list)."),
-    config: Optional[Path] = typer.Option(None, help="TOML config (see docs/config.md)."),
+                   "list). (default: none)"),
+    config: Optional[Path] = typer.Option(
+        None, help="TOML config (docs/config.md); flags given win. (default: none)"),
 ) -> None:
     """Capture, run the front ends and the model, publish results until the input ends."""
     if demo:
@@ -124,6 +188,8 @@ def live(
         "run.preview": preview, "run.realtime": realtime, "run.max_frames": max_frames,
         "run.duration_s": duration, "run.stats_json": str(stats_json) if stats_json else None,
         "run.save_features": str(save_features) if save_features else None,
+        "run.csv": str(csv) if csv else None,
+        "run.write_video": str(write_video) if write_video else None,
         "model.folder": str(model) if model else None, "model.noise": noise,
         "model.enabled": False if no_model else None,
         "model.backend": backend, "model.device": device, "model.profile": profile,
@@ -134,14 +200,22 @@ def live(
     with stop_on_signals(afterwards="ignore") as signals:  # the process exits right after
         from streamav.live import run_live
 
-        summary = run_live(config, overrides, signals)
-    final = summary.final_stats
-    typer.echo(
-        f"streamav: {final['frames']} frames in {final['elapsed_s']:.1f} s "
-        f"({final['fps']:.1f} fps), face found on {final['faces_found']}, "
-        f"{final['dropped_frames']} dropped"
-        + (f"; model on {final['model_engine']}" if final.get("model_engine") else "")
-        + f"; stopped: {summary.stop_reason}", err=True)
+        outcome = run_live(config, overrides, signals, demo=demo)
+    for note in outcome.notes:
+        typer.echo(f"streamav: {note}", err=True)
+    typer.echo(final_line(outcome.summary.final_stats, outcome.summary.stop_reason,
+                          outcome.emotion), err=True)
+
+
+def final_line(final: dict, stop_reason: str, emotion: str | None) -> str:
+    """The last line of `streamav live`: frames, fps, face, drops, engine, emotion, why it
+    stopped."""
+    return (f"streamav: {final['frames']} frames in {final['elapsed_s']:.1f} s "
+            f"({final['fps']:.1f} fps), face found on {final['faces_found']}, "
+            f"{final['dropped_frames']} dropped"
+            + (f"; model on {final['model_engine']}" if final.get("model_engine") else "")
+            + (f"; {emotion}" if emotion else "")
+            + f"; stopped: {stop_reason}")
 
 
 @app.command()

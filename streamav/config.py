@@ -9,7 +9,7 @@
     [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir,
                profile
     [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
-               save_features
+               save_features, csv, write_video
 
 `load_config(path, overrides)` reads the file (every key optional), applies the flags that were
 given (a dict of "section.key" → value, None meaning "not given") and validates the result: every
@@ -90,6 +90,8 @@ class RunConfig:
     stats_interval_s: float = 1.0
     stats_json: str | None = None
     save_features: str | None = None  # .npz of every frame's face crop and spectrum
+    csv: str | None = None  # one row per frame: face box, emotion probabilities (run_outputs)
+    write_video: str | None = None  # the preview composition of every frame (.mp4/.mkv/.mov)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,13 @@ FLAGS = {
     "publish.stream_id": "--stream-id", "publish.curve_secret_key_file": "--curve-secret-key",
     "run.max_frames": "--max-frames", "run.duration_s": "--duration",
     "run.stats_json": "--stats-json", "run.save_features": "--save-features",
+    "run.csv": "--csv", "run.write_video": "--write-video",
     "model.folder": "--model", "model.noise": "--noise", "model.backend": "--backend",
     "model.device": "--device", "model.profile": "--profile",
 }
+
+# The containers --write-video writes (H.264 video; the format follows the file's suffix).
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
 
 # String keys whose value must be at most this long (a stream id goes into every message).
 MAX_LENGTH = {"publish.stream_id": 256}
@@ -315,10 +321,14 @@ def _validate_endpoints(publish: PublishConfig, from_flags: set[str]) -> None:
 def check_output_paths(config: LiveConfig) -> None:
     """InputError now, before the run, if an output file of the run could not be written, or
     the engine folder is not a folder that exists or can be made."""
-    for dotted in ("run.stats_json", "run.save_features"):
+    for dotted in ("run.stats_json", "run.save_features", "run.csv", "run.write_video"):
         value = getattr(config.run, dotted.split(".")[1])
         if value:
             check_writable_file(Path(value), FLAGS[dotted])
+    video = config.run.write_video
+    if video and Path(video).suffix.lower() not in VIDEO_SUFFIXES:
+        raise InputError(f"{FLAGS['run.write_video']} {video}: give a file ending in "
+                         f"{', '.join(VIDEO_SUFFIXES)} (H.264 in that container)")
     if config.model.enabled and config.model.engine_dir is not None:
         folder = Path(config.model.engine_dir)
         if folder.exists():  # an existing cache may be read-only (prebuilt engines)

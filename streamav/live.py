@@ -1,4 +1,6 @@
-"""Assembles a live run from its config: sources, face front end, publisher, control, preview."""
+"""Assembles a live run from its config: sources, face front end, publisher, control, preview,
+and what it leaves behind (the status line, --csv, --write-video, the demo's strip and summary).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from streamav import __version__
 from streamav.config import LiveConfig, check_output_paths, load_config
@@ -21,7 +23,10 @@ from streamav.model_stage import EngineOptions, ModelStage, default_model_folder
 from streamav.frontend.features import FeatureRecorder, save_features
 from streamav.pipeline import LivePipeline, RunSummary
 from streamav.preview import PreviewWindow, display_available
+from streamav.run_outputs import (CsvOutput, DenoisedStrip, EmotionTally, FrameFanout,
+                                  VideoOutput, demo_strip_path)
 from streamav.sources.factory import build_sources
+from streamav.status_line import StatusLine, wanted as status_line_wanted
 from streamav.stop_signals import StopSignals, stop_on_signals
 from streamav.wire.control import ControlServer
 from streamav.wire.publisher import Publisher
@@ -29,15 +34,15 @@ from streamav.wire.publisher import Publisher
 log = logging.getLogger(__name__)
 
 
-def _preview(config: LiveConfig) -> PreviewWindow | None:
+def _preview(config: LiveConfig) -> tuple[PreviewWindow | None, str]:
+    """The window, or None and why not ("" when --no-preview asked for none)."""
     wanted = config.run.preview
     if wanted is False:
-        return None
+        return None, ""
     available, why = display_available()
     if not available:
-        log.warning("%s: running without preview", why)
-        return None
-    return PreviewWindow()
+        return None, why
+    return PreviewWindow(), ""
 
 
 def _control(config: LiveConfig) -> ControlServer | None:
@@ -90,30 +95,27 @@ def _engine_options(section) -> EngineOptions:
                          engine_dir=Path(section.engine_dir) if section.engine_dir else None)
 
 
-def build_pipeline(config: LiveConfig, on_frame=None) -> LivePipeline:
+def build_pipeline(config: LiveConfig, on_frame=None,
+                   on_started: Callable[[], None] | None = None) -> LivePipeline:
+    """The run's pipeline. A missing display is announced once capture has started (a device
+    or endpoint that fails first is then the only line)."""
     pub = config.publish
     publisher = Publisher(
         endpoint=pub.endpoint, stream_id=pub.stream_id, queue_size=pub.queue_size,
         send_hwm=pub.send_hwm,
         curve_secret_key_file=Path(pub.curve_secret_key_file) if pub.curve_secret_key_file else None,
     )
-    preview = _preview(config)
-    console_line = print_stats_line if preview is None and sys.stderr.isatty() else None
+    preview, no_preview_because = _preview(config)
+
+    def started() -> None:
+        if no_preview_because:
+            log.warning("%s: running without preview", no_preview_because)
+        if on_started is not None:
+            on_started()
+
     return LivePipeline(config, build_sources(config), FaceFrontEnd(config.face), publisher,
                         preview=preview, control=_control(config), model=_model(config),
-                        on_stats=console_line,
-                        on_frame=on_frame)
-
-
-def print_stats_line(stats: dict) -> None:
-    """One line a second on a terminal when there is no preview window to look at."""
-    if stats["final"]:
-        return
-    latency = stats["latency_ms"]["capture_to_publish"]["p50"]
-    print(f"streamav: {stats['fps']:5.1f} fps  {stats['frames']:6d} frames  "
-          f"face {stats['faces_found']:6d}  dropped {stats['dropped_frames']}  "
-          f"capture→publish p50 {latency if latency is None else round(latency, 1)} ms",
-          file=sys.stderr, flush=True)
+                        on_frame=on_frame, on_started=started)
 
 
 def check_inputs(config: LiveConfig) -> None:
@@ -130,30 +132,135 @@ def check_inputs(config: LiveConfig) -> None:
                              "(streamav profiles list; make one with streamav calibrate)")
 
 
+@dataclass(frozen=True)
+class LiveOutcome:
+    """What `run_live` gives the CLI: the run's summary, its emotion summary (None when no
+    model ran) and the lines to print before the final one (timeline, files written)."""
+
+    summary: RunSummary
+    emotion: str | None
+    notes: tuple[str, ...]
+
+
+class RunOutputs:
+    """The per-frame consumers of one run: emotion tally, --csv, --write-video, the demo's
+    strip. `finish()` closes them once the run is over; `abandon()` after a failed run."""
+
+    def __init__(self, config: LiveConfig, pipeline: LivePipeline, demo: bool) -> None:
+        self.pipeline = pipeline
+        self.demo = demo
+        self.tally = EmotionTally() if pipeline.model is not None else None
+        self.strip = DenoisedStrip() if demo and pipeline.model is not None else None
+        self.csv = None
+        if config.run.csv:
+            self.csv = CsvOutput(Path(config.run.csv),
+                                 labels=lambda: tuple(getattr(pipeline.model, "labels", ())))
+        self.video = None
+        if config.run.write_video:
+            fps = next((s.video_fps for s in pipeline.sources
+                        if getattr(s, "video_fps", None)), config.camera.fps)
+            self.video = VideoOutput(Path(config.run.write_video), self._panel_numbers,
+                                     fps_hint=fps)
+        self.consumers = [c for c in (self.tally, self.strip, self.csv, self.video)
+                          if c is not None]
+
+    def _panel_numbers(self) -> tuple[float | None, float | None]:
+        stats = self.pipeline.stats
+        return stats.recent_fps(), stats.latency.total["capture_to_publish"].percentile_ms(50)
+
+    def abandon(self) -> None:
+        """The run failed: stop the encoder and close what was opened, quietly."""
+        for output in (self.csv, self.video):
+            if output is not None:
+                try:
+                    output.close(complete=False)
+                except Exception:  # noqa: BLE001 - the run's own error is the one reported
+                    log.info("closing %s after a failed run:", output.path, exc_info=True)
+
+    def finish(self) -> tuple[list[str], list[str]]:
+        """(notes to print, failures `--flag path: reason`) once the run is over."""
+        notes, failed = [], []
+        for flag, output, unit in (("--csv", self.csv, "rows"),
+                                   ("--write-video", self.video, "frames")):
+            if output is None:
+                continue
+            try:
+                output.close()
+            except (OSError, RuntimeError, ValueError) as exc:
+                failed.append(f"{flag} {output.path}: {getattr(exc, 'strerror', None) or exc}")
+                continue
+            count = output.rows if unit == "rows" else output.frames
+            if unit == "frames" and count == 0:
+                continue  # no file: close() said so
+            notes.append(f"wrote {output.path} ({count} {unit})")
+        if self.demo and self.tally is not None:
+            notes.insert(0, "emotion per second: " + self.tally.timeline())
+        if self.strip is not None:
+            try:
+                path = self.strip.write(demo_strip_path())
+            except OSError as exc:
+                notes.append(f"denoised strip not written: {exc.strerror or exc}")
+            else:
+                if path is not None:
+                    notes.append(f"denoised strip ({min(len(self.strip.pairs), self.strip.columns)}"
+                                 f" frames; input crops above, denoised below): {path}")
+        elif self.demo and self.pipeline.model is None:
+            notes.append("no denoised strip: the model did not run")
+        return notes, failed
+
+
 def run_live(config_path: Path | None, overrides: dict[str, Any],
-             signals: StopSignals | None = None) -> RunSummary:
+             signals: StopSignals | None = None, demo: bool = False) -> LiveOutcome:
     """One `streamav live` run. SIGINT, SIGTERM and SIGHUP end it cleanly once capture has
     started (final stats, outputs written, exit 0); before that they abort the set-up
     (KeyboardInterrupt). `signals`: the caller's `stop_on_signals` (the CLI installs it before
-    its imports); without it, this run installs its own."""
+    its imports); without it, this run installs its own. `demo`: add the emotion timeline and
+    write the denoised strip (`--demo`)."""
     if signals is None:
         with stop_on_signals(afterwards="ignore") as own:  # the CLI exits right after
-            return run_live(config_path, overrides, own)
+            return run_live(config_path, overrides, own, demo)
     config = load_config(config_path, overrides)
     check_inputs(config)
     recorder = None
     if config.run.save_features:
         recorder = FeatureRecorder(config.face.crop_size_px, config.spectrum.n_bins)
-    pipeline = signals.pipeline = build_pipeline(config, on_frame=recorder)
-    summary = pipeline.run()
-    _write_outputs(config, summary, recorder)
-    return summary
+    fanout = FrameFanout([recorder])
+    status: StatusLine | None = None
+
+    def started() -> None:  # capture runs: the status line from now on
+        if status is not None:
+            try:
+                status.start()
+            except Exception as exc:  # noqa: BLE001 - a terminal rich cannot drive: no line
+                log.info("no status line: %s", exc)
+
+    pipeline = signals.pipeline = build_pipeline(config, on_frame=fanout, on_started=started)
+    outputs = RunOutputs(config, pipeline, demo)
+    fanout.consumers += outputs.consumers
+    if status_line_wanted():
+        status = StatusLine(pipeline)
+        pipeline.on_stats = status.on_stats
+    finished = False
+    try:
+        summary = pipeline.run()
+        finished = True
+    finally:
+        if status is not None:
+            status.stop()
+        if not finished:
+            outputs.abandon()
+    notes, failed = outputs.finish()
+    _write_outputs(config, summary, recorder, failed)
+    emotion = None if outputs.tally is None else outputs.tally.summary()
+    return LiveOutcome(summary, emotion, tuple(notes))
 
 
-def _write_outputs(config: LiveConfig, summary: RunSummary, recorder) -> None:
+def _write_outputs(config: LiveConfig, summary: RunSummary, recorder,
+                   failed: list[str] | None = None) -> None:
     """Each output of the run, the second even when the first fails (a disk that filled up
-    during the run); a failure is one InputError line once both were tried."""
-    failed = []
+    during the run); a failure is one InputError line once all were tried (`failed`: those
+    of the outputs written during the run, --csv and --write-video)."""
+    failed = list(failed or ())
     writes = []
     if recorder is not None:
         writes.append(("--save-features", config.run.save_features,
