@@ -58,6 +58,10 @@ from streamav.corpus.cli import corpus_app  # noqa: E402  (the sub-app; its work
 
 app.add_typer(corpus_app, name="corpus")
 
+from streamav.keys_cli import keys as _keys  # noqa: E402  (imports its work when it runs)
+
+app.command(name="keys")(_keys)
+
 DEMO_CLIP = "1001_DFA_HAP_XX.flv"
 
 
@@ -226,6 +230,9 @@ def subscribe(
     timeout: Optional[float] = typer.Option(None, help="Exit if nothing arrives for this long (s)."),
     buffers_base64: bool = typer.Option(False, help="Print raw buffers as base64."),
     server_key: Optional[Path] = typer.Option(None, help="The publisher's CURVE public key file."),
+    client_key: Optional[Path] = typer.Option(
+        None, help="This client's CURVE key pair (NAME.key_secret from streamav keys --client "
+                   "NAME), for a publisher with a client allow-list."),
 ) -> None:
     """Print the messages of a running streamav as JSON lines."""
     from streamav.wire.protocol import endpoint_problem
@@ -240,9 +247,14 @@ def subscribe(
         raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
     if server_key is not None and not server_key.is_file():
         raise InputError(f"--server-key {server_key}: no such file")
+    if client_key is not None and not client_key.is_file():
+        raise InputError(f"--client-key {client_key}: no such file")
+    if client_key is not None and server_key is None:
+        raise InputError("--client-key needs --server-key (the publisher's public key)")
 
     subscribe_to_jsonl(endpoint, tuple(topic) or ("",), count, sys.stdout, timeout_s=timeout,
-                       buffers_base64=buffers_base64, curve_server_public_key_file=server_key)
+                       buffers_base64=buffers_base64, curve_server_public_key_file=server_key,
+                       curve_client_secret_key_file=client_key)
 
 
 @app.command()

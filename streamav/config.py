@@ -5,7 +5,8 @@
     [ring]     video_capacity_frames, audio_capacity_s
     [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode
     [spectrum] sample_rate_hz, window_samples, n_fft, hop_samples
-    [publish]  endpoint, control_endpoint, stream_id, queue_size, send_hwm, curve_secret_key_file
+    [publish]  endpoint, control_endpoint, stream_id, queue_size, send_hwm, curve_secret_key_file,
+               curve_client_keys
     [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir,
                profile
     [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
@@ -66,6 +67,9 @@ class PublishConfig:
     queue_size: int = 512
     send_hwm: int = 1000
     curve_secret_key_file: str | None = None
+    # With CURVE, the folder of the client public keys allowed to connect (streamav keys);
+    # None: clients/ beside the secret key file; "any": no allow-list (server auth only).
+    curve_client_keys: str | None = None
 
 
 @dataclass(frozen=True)

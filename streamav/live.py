@@ -50,7 +50,8 @@ def _control(config: LiveConfig) -> ControlServer | None:
     if endpoint is None or endpoint.lower() == "none":
         return None
     key = config.publish.curve_secret_key_file
-    return ControlServer(endpoint, curve_secret_key_file=Path(key) if key else None)
+    return ControlServer(endpoint, curve_secret_key_file=Path(key) if key else None,
+                         curve_client_keys=config.publish.curve_client_keys)
 
 
 def _model(config: LiveConfig) -> ModelStage | None:
@@ -104,6 +105,7 @@ def build_pipeline(config: LiveConfig, on_frame=None,
         endpoint=pub.endpoint, stream_id=pub.stream_id, queue_size=pub.queue_size,
         send_hwm=pub.send_hwm,
         curve_secret_key_file=Path(pub.curve_secret_key_file) if pub.curve_secret_key_file else None,
+        curve_client_keys=pub.curve_client_keys,
     )
     preview, no_preview_because = _preview(config)
 
@@ -124,6 +126,10 @@ def check_inputs(config: LiveConfig) -> None:
     key = config.publish.curve_secret_key_file
     if key is not None and not Path(key).is_file():
         raise InputError(f"--curve-secret-key {key}: no such file")
+    if key is not None:  # the client allow-list: exit 4 now rather than once the model is built
+        from streamav.wire.auth import resolve_allow_list
+
+        resolve_allow_list(Path(key), config.publish.curve_client_keys)
     if config.model.profile is not None:
         from streamav.emotion.profiles import check_name, profile_exists
 

@@ -270,10 +270,14 @@ def test_non_loopback_bind_without_keys_is_refused() -> None:
 
 
 def test_curve_round_trip(tmp_path, endpoint: str) -> None:
+    """CURVE without a client allow-list ("any"): encrypted, the server authenticated; the
+    allow-list itself is tested in test_wire_auth.py."""
     public_file, secret_file = zmq.auth.create_certificates(tmp_path, "server")
     with pytest.raises(EndpointError, match="only a public key"):
         Publisher(endpoint, curve_secret_key_file=public_file).start()
-    with Publisher(endpoint, curve_secret_key_file=secret_file) as pub:
+    with pytest.raises(EndpointError, match="allow-list .* does not exist"):
+        Publisher(endpoint, curve_secret_key_file=secret_file).start()
+    with Publisher(endpoint, curve_secret_key_file=secret_file, curve_client_keys="any") as pub:
         with Subscriber(endpoint, topics=("emotion", SYNC), curve_server_public_key_file=public_file) as sub:
             wait_connected(pub, sub)
             pub.publish("emotion", {"label": "sad"}, now_ns())

@@ -11,7 +11,18 @@ Handlers run in the control thread, one request at a time: they must be quick an
 (typically they set a flag or put a request on a queue that the worker reads) and return a dict
 merged into the reply (or None). A handler that raises gives `{"ok": false, "error": ...}`; the
 server never dies on a bad request. The same endpoint rules as the PUB socket apply: a
-non-loopback endpoint needs CURVE keys.
+non-loopback endpoint needs CURVE keys, and with CURVE only clients on the allow-list connect
+(streamav/wire/auth.py).
+
+Bounds (streamav/wire/limits.py): a request is at most `CONTROL_MAX_REQUEST_BYTES` (a larger one
+makes ZeroMQ drop the connection before reading it), at most `CONTROL_RCVHWM` requests wait per
+connection, a request of more than `CONTROL_MAX_FRAMES` frames resets the socket, and a reply
+never quotes more than a few dozen characters of the request.
+
+State-changing commands: every registered command unless registered with
+`changes_state=False`. With an allow-list, the server checks the sender's key (ZAP's User-Id)
+against the list again for each of them, so a key removed from the list cannot `reset` even on
+a connection it opened before.
 """
 
 from __future__ import annotations
@@ -30,6 +41,10 @@ import streamav
 from streamav.clock import wall_anchor
 from streamav.errors import EndpointError
 from streamav.wire import protocol
+from streamav.wire.auth import user_id
+from streamav.wire.limits import (CONTROL_MAX_FRAMES, CONTROL_MAX_REPLY_BYTES,
+                                  CONTROL_MAX_REQUEST_BYTES, CONTROL_RCVHWM, clip, quote)
+from streamav.wire.listener import Listener
 from streamav.wire.protocol import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -55,30 +70,53 @@ class ControlServer:
         self,
         endpoint: str = DEFAULT_CONTROL_ENDPOINT,
         curve_secret_key_file: Path | None = None,
+        curve_client_keys: Path | str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.curve_secret_key_file = curve_secret_key_file
+        self.curve_client_keys = curve_client_keys
         self.requests = 0
         self.errors = 0
+        self.refused = 0  # state-changing commands from a client no longer on the allow-list
         self._handlers: dict[str, Handler] = {
             "ping": lambda args: wall_anchor(),  # {"t_monotonic", "t_wall"}: also a clock anchor
             "version": lambda args: {"version": streamav.__version__, "schema": SCHEMA_VERSION},
             "commands": lambda args: {"commands": self.commands()},
         }
+        self._read_only = set(self.BUILTIN_COMMANDS)
         self._lock = threading.Lock()
+        self._listener: Listener | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._start_error: BaseException | None = None
 
-    def register(self, cmd: str, handler: Handler) -> None:
-        """Answer `cmd` with `handler` (any time, also after start). Built-ins cannot be replaced."""
+    def register(self, cmd: str, handler: Handler, *, changes_state: bool = True) -> None:
+        """Answer `cmd` with `handler` (any time, also after start). Built-ins cannot be replaced.
+
+        `changes_state=False` marks a command that only reads (with an allow-list, any connected
+        client may send it; the others need a key that is still on the list).
+        """
         if not isinstance(cmd, str) or not cmd:
             raise ValueError(f"a command is a non-empty str, not {cmd!r}")
         if cmd in self.BUILTIN_COMMANDS:
             raise ValueError(f"{cmd!r} is a built-in command")
         with self._lock:
             self._handlers[cmd] = handler
+            if changes_state:
+                self._read_only.discard(cmd)
+            else:
+                self._read_only.add(cmd)
+
+    @property
+    def socket_resets(self) -> int:
+        return self._listener.resets if self._listener is not None else 0
+
+    @property
+    def clients_refused(self) -> int:
+        """CURVE handshakes refused because the client's key is not on the allow-list."""
+        listener = self._listener
+        return listener.allow_list.denied if listener is not None and listener.allow_list else 0
 
     def commands(self) -> list[str]:
         with self._lock:
@@ -121,51 +159,77 @@ class ControlServer:
     # ---- the control thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        context = zmq.Context()
+        listener = Listener(
+            zmq.REP, self.endpoint,
+            {zmq.RCVHWM: CONTROL_RCVHWM, zmq.MAXMSGSIZE: CONTROL_MAX_REQUEST_BYTES,
+             zmq.SNDHWM: CONTROL_RCVHWM},
+            curve_secret_key_file=self.curve_secret_key_file,
+            curve_client_keys=self.curve_client_keys, role="control socket")
+        self._listener = listener
         try:
-            sock = context.socket(zmq.REP)
             try:
-                protocol.secure_server(sock, self.endpoint, self.curve_secret_key_file)
-                protocol.bind(sock, self.endpoint)
+                listener.open()
             except BaseException as exc:  # reported to start() in the caller's thread
-                sock.close(linger=0)
                 self._start_error = exc
                 return
             finally:
                 self._ready.set()
-            try:
-                while not self._stopping.is_set():
-                    if sock.poll(_POLL_MS, zmq.POLLIN):
-                        frames = sock.recv_multipart()
-                        reply = self._answer(frames)
-                        try:
-                            sock.send(reply, flags=zmq.NOBLOCK)
-                        except zmq.Again:  # the requester is gone; REP drops the reply
-                            pass
-            finally:
-                sock.close(linger=0)
+            while not self._stopping.is_set():
+                sock = listener.ensure()
+                if sock is None:
+                    self._stopping.wait(_POLL_MS / 1000)
+                    continue
+                if sock.poll(_POLL_MS, zmq.POLLIN):
+                    self._serve_one(listener, sock)
         finally:
-            context.term()
+            listener.close(0)
 
-    def _answer(self, frames: list[bytes]) -> bytes:
+    def _serve_one(self, listener: Listener, sock: zmq.Socket) -> None:
+        """Read one request frame by frame (keeping only the first), answer it."""
+        try:
+            first = sock.recv(copy=False)
+        except zmq.ZMQError:
+            return
+        n_frames = 1
+        more = first.more
+        while more:  # the rest is read and dropped, never gathered
+            if n_frames >= CONTROL_MAX_FRAMES:
+                self.requests += 1
+                self.errors += 1
+                listener.reset(f"a request of more than {CONTROL_MAX_FRAMES} frames",
+                               offender=user_id(first))
+                return
+            try:
+                more = sock.recv(copy=False).more
+            except zmq.ZMQError:
+                return
+            n_frames += 1
+        reply = self._answer(first.bytes, n_frames, user_id(first))
+        try:
+            sock.send(reply, flags=zmq.NOBLOCK)
+        except zmq.ZMQError:  # the requester is gone; REP drops the reply
+            pass
+
+    def _answer(self, frame: bytes, n_frames: int = 1, sender: str | None = None) -> bytes:
         """The packed reply to one request; never raises."""
         self.requests += 1
-        reply = self._dispatch(frames)
+        reply = self._dispatch(frame, n_frames, sender)
         if not reply.get("ok", False):
             self.errors += 1
+            reply["error"] = clip(str(reply.get("error", "")))
         try:
             return _pack(reply)
         except (TypeError, ValueError) as exc:
             self.errors += 1
-            return _pack({"ok": False, "error": f"reply could not be encoded: {exc}"})
+            return _pack({"ok": False, "error": clip(f"reply could not be encoded: {exc}")})
 
-    def _dispatch(self, frames: list[bytes]) -> dict[str, Any]:
-        if len(frames) != 1:
-            return {"ok": False, "error": f"malformed request: {len(frames)} frames, expected 1"}
+    def _dispatch(self, frame: bytes, n_frames: int, sender: str | None) -> dict[str, Any]:
+        if n_frames != 1:
+            return {"ok": False, "error": f"malformed request: {n_frames} frames, expected 1"}
         try:
-            request = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
+            request = msgpack.unpackb(frame, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types
-            return {"ok": False, "error": f"malformed request: not msgpack ({exc})"}
+            return {"ok": False, "error": f"malformed request: not msgpack ({quote(str(exc))})"}
         if not isinstance(request, dict):
             return {"ok": False, "error": f"malformed request: a {type(request).__name__}, not a map"}
         cmd = request.pop("cmd", None)
@@ -174,13 +238,20 @@ class ControlServer:
         with self._lock:
             handler = self._handlers.get(cmd)
             known = sorted(self._handlers)
+            read_only = cmd in self._read_only
         if handler is None:
-            return {"ok": False, "error": f"unknown command {cmd}; known: {', '.join(known)}"}
+            return {"ok": False, "error": f"unknown command {quote(cmd)}; known: {', '.join(known)}"}
+        listener = self._listener
+        allow_list = listener.allow_list if listener is not None else None
+        if not read_only and allow_list is not None and not allow_list.allows(sender):
+            self.refused += 1
+            return {"ok": False, "error": f"{cmd}: this client's key is not on the allow-list "
+                                          f"(any more)"}
         try:
             fields = handler(request)
         except Exception as exc:
             log.exception("control command %r failed", cmd)
-            return {"ok": False, "error": f"{cmd} failed: {exc}"}
+            return {"ok": False, "error": f"{cmd} failed: {quote(str(exc), 200)}"}
         reply: dict[str, Any] = {"ok": True}
         if fields is not None:
             reply.update(fields)
@@ -193,12 +264,15 @@ def request(
     timeout_s: float = 2.0,
     *,
     curve_server_public_key_file: Path | None = None,
+    curve_client_secret_key_file: Path | None = None,
     **args: Any,
 ) -> dict[str, Any]:
     """Send one command to a control socket and return its reply map (`ok` may be false).
 
-    Raises EndpointError if no reply came within `timeout_s` (nothing listening, or busy) or the
-    endpoint is invalid. Example: `request("tcp://127.0.0.1:5556", "ping")["t_monotonic"]`.
+    Raises EndpointError if no reply came within `timeout_s` (nothing listening, busy, or this
+    client refused: a CURVE server with an allow-list answers nothing to a key not on it) or the
+    endpoint is invalid. `curve_client_secret_key_file`: this client's key pair (`streamav keys
+    --client NAME`). Example: `request("tcp://127.0.0.1:5556", "ping")["t_monotonic"]`.
     """
     payload = _pack({"cmd": cmd, **args})
     context = zmq.Context()
@@ -206,7 +280,8 @@ def request(
     try:
         sock.linger = 0
         sock.sndtimeo = int(timeout_s * 1000)
-        protocol.secure_client(sock, curve_server_public_key_file)
+        sock.maxmsgsize = CONTROL_MAX_REPLY_BYTES
+        protocol.secure_client(sock, curve_server_public_key_file, curve_client_secret_key_file)
         protocol.connect(sock, endpoint)
         try:
             sock.send(payload)

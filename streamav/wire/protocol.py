@@ -301,13 +301,14 @@ def secure_server(socket: zmq.Socket, endpoint: str, curve_secret_key_file: Path
     """Make `socket` a CURVE server when keys are given; refuse a network endpoint without them.
 
     Call before `bind`. `curve_secret_key_file` is a zmq.auth secret certificate
-    (`*.key_secret`, as written by `zmq.auth.create_certificates`).
+    (`*.key_secret`, as written by `streamav keys` or `zmq.auth.create_certificates`). Which
+    clients may connect is the ZAP handler's business (streamav/wire/auth.py).
     """
     if curve_secret_key_file is None:
         if not is_loopback_endpoint(endpoint):
             raise EndpointError(
                 f"{endpoint} is reachable from the network: binding it needs CURVE keys "
-                "(a secret key file made with zmq.auth.create_certificates; see docs/protocol.md), "
+                "(make them with `streamav keys`; see docs/protocol.md), "
                 "or bind tcp://127.0.0.1 instead"
             )
         return
@@ -321,16 +322,26 @@ def secure_server(socket: zmq.Socket, endpoint: str, curve_secret_key_file: Path
     socket.curve_server = True
 
 
-def secure_client(socket: zmq.Socket, curve_server_public_key_file: Path | None) -> None:
+def secure_client(socket: zmq.Socket, curve_server_public_key_file: Path | None,
+                  curve_client_secret_key_file: Path | None = None) -> None:
     """Make `socket` a CURVE client of the server whose public key file is given (None: plain).
 
-    The client's own key pair is generated for this socket (the server does not authenticate
-    clients; see docs/protocol.md). Call before `connect`.
+    `curve_client_secret_key_file` is this client's own key pair (a `NAME.key_secret` made by
+    `streamav keys --client NAME`), which a server with an allow-list requires; without it a
+    key pair is generated for this socket, which such a server refuses. Call before `connect`.
     """
     if curve_server_public_key_file is None:
+        if curve_client_secret_key_file is not None:
+            raise EndpointError("a client key needs the server's public key file too")
         return
     server_public_key, _ = _load_certificate(Path(curve_server_public_key_file))
-    client_public_key, client_secret_key = zmq.curve_keypair()
+    if curve_client_secret_key_file is None:
+        client_public_key, client_secret_key = zmq.curve_keypair()
+    else:
+        client_public_key, client_secret_key = _load_certificate(Path(curve_client_secret_key_file))
+        if client_secret_key is None:
+            raise EndpointError(f"{curve_client_secret_key_file} holds only a public key; the "
+                                "client needs its .key_secret file")
     socket.curve_serverkey = server_public_key
     socket.curve_publickey = client_public_key
     socket.curve_secretkey = client_secret_key

@@ -2,9 +2,15 @@
 
 `publish()` (any thread; in production the worker) serializes the payload, copies the raw
 buffers, reserves the topic's next `seq` and puts the message on a bounded queue with
-`put_nowait`; a full queue drops the message and counts it. One publisher thread owns the PUB
-socket: it takes messages off the queue, writes the envelope (`schema`, `stream`, `seq`,
-`t_capture`, `t_publish`) and sends with `zmq.NOBLOCK`.
+`put_nowait`; a full queue drops the message and counts it. One publisher thread owns the socket:
+it takes messages off the queue, writes the envelope (`schema`, `stream`, `seq`, `t_capture`,
+`t_publish`) and sends with `zmq.NOBLOCK`.
+
+The socket is an XPUB (to subscribers exactly a PUB) so that the thread also sees what peers
+send it, subscriptions, and keeps them bounded (streamav/wire/limits.py): between two sends it
+reads the subscription notifications, and a peer that sends more than `MAX_SUBSCRIPTIONS`
+distinct ones, an oversized one or anything else makes it reset the socket (and, with CURVE,
+refuse that client from then on).
 
 Why `seq` is reserved in `publish()` and not when sending: a message dropped on a full queue then
 leaves a gap in its topic's sequence, so subscribers see every loss after the result was
@@ -12,10 +18,11 @@ produced (queue full, send refused, high-water mark), not only the losses on the
 
 Non-loopback endpoints need CURVE keys; make them once with
 
-    python -c "import zmq.auth; zmq.auth.create_certificates('keys', 'server')"
+    streamav keys --dir keys --client NAME
 
-which writes keys/server.key (public: give it to subscribers) and keys/server.key_secret (pass
-it as `curve_secret_key_file`). See docs/protocol.md.
+which writes keys/server.key (public: give it to subscribers), keys/server.key_secret (pass it
+as `curve_secret_key_file`) and a key pair per client whose public half goes into keys/clients/,
+the allow-list of clients that may connect (`curve_client_keys`). See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ from streamav.clock import NS_PER_S, now_ns, ns_to_s
 from streamav.errors import EndpointError
 from streamav.latency import LatencyHistogram
 from streamav.wire import protocol
+from streamav.wire.auth import user_id
+from streamav.wire.limits import (DATA_MAX_INBOUND_BYTES, DATA_MAX_INBOUND_PER_CHECK,
+                                  DATA_RCVHWM, MAX_SUBSCRIPTIONS, SubscriptionLedger)
+from streamav.wire.listener import Listener
 from streamav.wire.protocol import SCHEMA_VERSION, Buffer, PackedPayload
 
 log = logging.getLogger(__name__)
@@ -67,11 +78,16 @@ class Publisher:
     """The PUB side of the wire. Use as a context manager, or `start()` ... `stop()`.
 
     Counters (read them from any thread): `published` (sent), `dropped_queue_full` (publish()
-    found the queue full), `dropped_send` (the socket refused the message), `dropped_at_stop`
-    (still queued when stop() ran out of time, or published after stop), and `latency`, the
-    enqueue-to-sent time ("publish" stage). Note that a PUB socket drops silently for a
-    subscriber whose high-water mark is reached: those drops are seen only by the subscriber, as
-    `seq` gaps.
+    found the queue full), `dropped_send` (the socket refused the message, or there was none
+    bound for a moment after a reset), `dropped_at_stop` (still queued when stop() ran out of
+    time, or published after stop), `socket_resets` (the socket was closed and bound again
+    because a peer broke the subscription limits), and `latency`, the enqueue-to-sent time
+    ("publish" stage). Note that a PUB socket drops silently for a subscriber whose high-water
+    mark is reached: those drops are seen only by the subscriber, as `seq` gaps.
+
+    `curve_client_keys`: with `curve_secret_key_file`, the folder of the client public keys
+    allowed to connect (default: `clients/` beside the secret key file), or "any" (no
+    allow-list). `max_subscriptions`: distinct subscriptions the socket holds at most.
 
     `on_sent`, if set, is called in the publisher thread after each successful send as
     `on_sent(topic, t_capture_ns, t_enqueue_ns, t_sent_ns)`; set it before start() to see every
@@ -86,6 +102,8 @@ class Publisher:
         queue_size: int = 512,
         send_hwm: int = 1000,
         curve_secret_key_file: Path | None = None,
+        curve_client_keys: Path | str | None = None,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -94,6 +112,7 @@ class Publisher:
         self.queue_size = queue_size
         self.send_hwm = send_hwm
         self.curve_secret_key_file = curve_secret_key_file
+        self.curve_client_keys = curve_client_keys
         self.published = 0
         self.dropped_queue_full = 0
         self.dropped_send = 0
@@ -111,6 +130,8 @@ class Publisher:
         self._send_error_logged = False
         self._hook_error_logged = False
         self.on_sent: Callable[[str, int, int, int], None] | None = None
+        self._subscriptions = SubscriptionLedger(max_subscriptions=max_subscriptions)
+        self._listener: Listener | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -204,50 +225,77 @@ class Publisher:
             "dropped_send": self.dropped_send,
             "dropped_at_stop": self.dropped_at_stop,
             "queued": self._queue.qsize(),
+            "socket_resets": self.socket_resets,
         }
+
+    @property
+    def socket_resets(self) -> int:
+        return self._listener.resets if self._listener is not None else 0
+
+    @property
+    def clients_refused(self) -> int:
+        """CURVE handshakes refused because the client's key is not on the allow-list."""
+        listener = self._listener
+        return listener.allow_list.denied if listener is not None and listener.allow_list else 0
 
     # ---- the publisher thread -------------------------------------------------------------------
 
-    def _open_socket(self, context: zmq.Context) -> zmq.Socket:
-        sock = context.socket(zmq.PUB)
-        try:
-            sock.sndhwm = self.send_hwm
-            protocol.secure_server(sock, self.endpoint, self.curve_secret_key_file)
-            protocol.bind(sock, self.endpoint)
-        except BaseException:
-            sock.close(linger=0)
-            raise
-        return sock
-
     def _run(self) -> None:
-        context = zmq.Context()
+        listener = Listener(
+            zmq.XPUB, self.endpoint,
+            {zmq.SNDHWM: self.send_hwm, zmq.RCVHWM: DATA_RCVHWM,
+             zmq.MAXMSGSIZE: DATA_MAX_INBOUND_BYTES},
+            curve_secret_key_file=self.curve_secret_key_file,
+            curve_client_keys=self.curve_client_keys, role="publisher")
+        self._listener = listener
         try:
             try:
-                sock = self._open_socket(context)
+                listener.open()
             except BaseException as exc:  # reported to start() in the caller's thread
                 self._start_error = exc
                 return
             finally:
                 self._ready.set()
-            try:
-                self._send_loop(sock)
-            finally:
-                remaining_ms = max(0, (self._stop_deadline_ns - now_ns()) // 1_000_000)
-                sock.close(linger=min(_LINGER_MS, remaining_ms) if self._stopping.is_set() else 0)
+            self._send_loop(listener)
         finally:
-            context.term()
+            remaining_ms = max(0, (self._stop_deadline_ns - now_ns()) // 1_000_000)
+            listener.close(min(_LINGER_MS, remaining_ms) if self._stopping.is_set() else 0)
 
-    def _send_loop(self, sock: zmq.Socket) -> None:
+    def _send_loop(self, listener: Listener) -> None:
         while True:
+            self._read_inbound(listener)
             try:
                 item = self._queue.get(timeout=_POLL_S)
             except queue.Empty:
                 if self._stopping.is_set():
                     return
                 continue
-            self._send(sock, item)
+            self._send(listener.ensure(), item)
             if self._stopping.is_set() and now_ns() > self._stop_deadline_ns:
                 self._drop_remaining()
+                return
+
+    def _read_inbound(self, listener: Listener) -> None:
+        """Read what peers sent (subscription notifications); reset the socket on abuse.
+
+        ZeroMQ applies a peer's subscriptions to its trie in this thread, when this socket is
+        used, and reports each new distinct one here: checking between two sends bounds the
+        trie before it can grow far.
+        """
+        sock = listener.ensure()
+        if sock is None:
+            return
+        for _ in range(DATA_MAX_INBOUND_PER_CHECK):
+            try:
+                frame = sock.recv(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            problem = self._subscriptions.note(frame.bytes, frame.more)
+            if problem is not None:
+                self._subscriptions.clear()
+                listener.reset(problem, offender=user_id(frame))
                 return
 
     def _drop_remaining(self) -> None:
@@ -259,7 +307,10 @@ class Publisher:
             with self._enqueue_lock:  # publish() after stop counts here too
                 self.dropped_at_stop += 1
 
-    def _send(self, sock: zmq.Socket, item: _Outgoing) -> None:
+    def _send(self, sock: zmq.Socket | None, item: _Outgoing) -> None:
+        if sock is None:  # not bound again yet after a reset
+            self.dropped_send += 1
+            return
         envelope = {
             "schema": SCHEMA_VERSION,
             "stream": self.stream_id,

@@ -42,7 +42,10 @@ class Subscriber:
     `topics` are prefixes ("" = everything; "emotion" also matches "emotion.change"); a single
     str is taken as one topic. `rcv_hwm` is how many messages may wait here before ZeroMQ drops
     new ones. `curve_server_public_key_file` is the publisher's public key file (`server.key`)
-    when it binds with CURVE. Not thread-safe: use one Subscriber per thread.
+    when it binds with CURVE, and `curve_client_secret_key_file` this client's own key pair
+    (`NAME.key_secret` from `streamav keys --client NAME`), which a publisher with a client
+    allow-list requires: a client it refuses receives nothing. Not thread-safe: use one
+    Subscriber per thread.
 
     Counters: `received` (valid messages returned), `dropped`, `dropped_by_topic`, `malformed`
     (multipart messages that were not streamav messages; skipped with a warning).
@@ -54,6 +57,7 @@ class Subscriber:
         topics: Iterable[str] | str = ("",),
         rcv_hwm: int = 1000,
         curve_server_public_key_file: Path | None = None,
+        curve_client_secret_key_file: Path | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.topics: tuple[str, ...] = (topics,) if isinstance(topics, str) else tuple(topics)
@@ -67,7 +71,8 @@ class Subscriber:
         try:
             self._socket.rcvhwm = rcv_hwm
             self._socket.linger = 0
-            protocol.secure_client(self._socket, curve_server_public_key_file)
+            protocol.secure_client(self._socket, curve_server_public_key_file,
+                                   curve_client_secret_key_file)
             for topic in self.topics:
                 self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
             protocol.connect(self._socket, endpoint)
@@ -176,6 +181,7 @@ def subscribe_to_jsonl(
     timeout_s: float | None = None,
     buffers_base64: bool = False,
     curve_server_public_key_file: Path | None = None,
+    curve_client_secret_key_file: Path | None = None,
 ) -> int:
     """Print messages as JSON lines on `out` (one object per line, flushed); return how many.
 
@@ -183,7 +189,8 @@ def subscribe_to_jsonl(
     `timeout_s` seconds (None: wait forever). The line format is `message_to_json`'s.
     """
     printed = 0
-    with Subscriber(endpoint, topics, curve_server_public_key_file=curve_server_public_key_file) as sub:
+    with Subscriber(endpoint, topics, curve_server_public_key_file=curve_server_public_key_file,
+                    curve_client_secret_key_file=curve_client_secret_key_file) as sub:
         while count is None or printed < count:
             message = sub.recv(timeout_s=timeout_s)
             if message is None:
