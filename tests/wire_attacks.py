@@ -51,6 +51,19 @@ def zmtp_connect(port: int, socket_type: str, timeout_s: float = 2.0) -> socket.
     return sock
 
 
+def connect_retrying(port: int, socket_type: str, timeout_s: float = 3.0) -> socket.socket:
+    """`zmtp_connect`, tried again while the server is closed for a moment (binding its socket
+    again after a reset)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return zmtp_connect(port, socket_type)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def subscription_bomb(port: int, total: int, prefix_bytes: int = 32, batch: int = 1000,
                       deadline_s: float = 30.0) -> dict[str, int]:
     """Send `total` distinct random subscriptions as fast as the server takes them, connecting
@@ -81,7 +94,7 @@ def oversize_frame(port: int, socket_type: str, claimed_bytes: int, envelope: by
     """Announce one frame of `claimed_bytes` and stream its body until the server hangs up (or
     all of it is sent). `envelope`: frames to send first (a REQ's empty delimiter). Returns how
     many body bytes the kernel took before the connection broke."""
-    sock = zmtp_connect(port, socket_type)
+    sock = connect_retrying(port, socket_type)
     chunk = b"\x00" * chunk_bytes
     accepted = 0
     deadline = time.monotonic() + deadline_s
