@@ -80,6 +80,10 @@ class FrameResult:
     audio_level_dbfs: float | None
     spectrum: np.ndarray | None  # (513,) float32 power, None without audio
     model: ModelMessages | None = None  # the MDVAE's results, when a model ran on this frame
+    # Where the frame's audio window ended: the index (exclusive) of its last sample, counted
+    # from the run's first audio sample (may be <= 0 before the audio starts); None without
+    # audio. `--record` keeps it so that a rerun gives the frame the same window.
+    audio_end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,11 @@ class LivePipeline:
         self.on_stats = on_stats  # called with every stats payload (e.g. a console line)
         self.on_frame = on_frame  # called by the worker with every FrameResult, in order
         self.on_started = on_started  # called on the main thread once capture has started
+        # called with (first sample index, samples) for every audio block the ring stores, in
+        # the source's thread (see AVRing); set it before run()
+        self.on_audio: Callable[[int, np.ndarray], None] | None = None
+        self.model_resets = 0  # resets applied (control `reset`, a camera that came back)
+        self.profile_switches = 0  # `profile.load` requests applied
         self.stats = RunStats()
         self.has_audio = any(s.has_audio for s in sources)
         self.latest: FrameResult | None = None
@@ -126,9 +135,14 @@ class LivePipeline:
             sample_rate_hz=MODEL_SAMPLE_RATE_HZ,
             blocking=not config.run.realtime,
             on_status=self._on_source_status,
+            on_audio=self._on_audio,
         )
         if hasattr(publisher, "on_sent"):
             publisher.on_sent = self._on_sent
+
+    def _on_audio(self, index: int, samples: np.ndarray) -> None:
+        if self.on_audio is not None:
+            self.on_audio(index, samples)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -339,7 +353,7 @@ class LivePipeline:
         t_pickup = now_ns()
         record("decode", frame.decode_ns)
         record("queue", t_pickup - frame.t_capture_ns)
-        spectrum = level = skew_ns = None
+        spectrum = level = skew_ns = audio_end = None
         if self.has_audio:
             window = self._ring.audio.window_ending_at(
                 frame.t_media_ns, self.config.spectrum.window_samples)
@@ -348,6 +362,7 @@ class LivePipeline:
             record("spectrum", now_ns() - t0)
             level = self.spectrum.level_dbfs(window.samples)
             skew_ns = window.skew_ns
+            audio_end = window.end_index
         t0 = now_ns()
         face = self.face.step(frame.image_bgr)
         record("face", now_ns() - t0)
@@ -358,14 +373,16 @@ class LivePipeline:
             if self._model_reset.is_set():
                 self._model_reset.clear()
                 self.model.reset()
+                self.model_resets += 1
             while not self._profile_requests.empty():
                 self.model.use_profile(self._profile_requests.get())
+                self.profile_switches += 1
             messages = self.model.step(face.crop_rgb, spectrum, frame.seq, mesh_in_crop(face))
             record("model", now_ns() - t0)
             if messages is not None:
                 self._publish_model(messages, frame.t_capture_ns)
         self.stats.frame_done(face.found, skew_ns)
-        self.latest = FrameResult(frame, face, level, spectrum, messages)
+        self.latest = FrameResult(frame, face, level, spectrum, messages, audio_end)
         if self.on_frame is not None:
             self.on_frame(self.latest)
 

@@ -196,22 +196,25 @@ class AudioRing(_EndOfStream):
     def written_samples(self) -> int:
         return self._written
 
-    def write(self, t_capture_ns: int, samples: np.ndarray) -> None:
-        """Append a block whose first sample was captured at `t_capture_ns`."""
+    def write(self, t_capture_ns: int, samples: np.ndarray) -> int | None:
+        """Append a block whose first sample was captured at `t_capture_ns`. Returns the index
+        of its first sample (counted from the stream's first sample), or None when nothing was
+        stored (an empty block, or the ring was aborted)."""
         n = int(samples.shape[0])
         if n == 0:
-            return
+            return None
         if n > self.capacity_samples:
             raise ValueError(f"audio block of {n} samples exceeds the ring ({self.capacity_samples})")
         with self._cond:
             if self._aborted:
-                return
+                return None
             if self.blocking:
                 self._cond.wait_for(
                     lambda: self._written + n - self._low_water <= self.capacity_samples
                     or self._aborted)
                 if self._aborted:
-                    return
+                    return None
+            index = self._written
             start = self._written % self.capacity_samples
             first = min(n, self.capacity_samples - start)
             self._buffer[start:start + first] = samples[:first]
@@ -223,6 +226,7 @@ class AudioRing(_EndOfStream):
             self._n_anchors += 1
             self._written += n
             self._cond.notify_all()
+        return index
 
     def _index_at(self, t_ns: int) -> int | None:
         """The sample index captured at `t_ns` (rounded), from the newest anchor not after it."""
@@ -289,13 +293,18 @@ class AVRing:
 
     def __init__(self, video_capacity_frames: int, audio_capacity_samples: int,
                  sample_rate_hz: int, blocking: bool,
-                 on_status: Callable[[str, str], None] | None = None) -> None:
+                 on_status: Callable[[str, str], None] | None = None,
+                 on_audio: Callable[[int, np.ndarray], None] | None = None) -> None:
+        """`on_audio(first_index, samples)`, if given, is called (in the writing source's thread,
+        after the block is stored) with every audio block the ring stored: `streamav live
+        --record` writes these samples, which are exactly those the worker's windows read."""
         self.video = VideoRing(video_capacity_frames, blocking)
         self.audio = AudioRing(audio_capacity_samples, sample_rate_hz, blocking)
         self.audio_overflows = 0
         self.audio_blocks = 0
         self.ended: set[str] = set()
         self._on_status = on_status
+        self._on_audio = on_audio
 
     def write_video(self, seq: int, t_capture_ns: int, image_bgr: np.ndarray, pts_s: float | None,
                     decode_ns: int = 0) -> None:
@@ -303,7 +312,9 @@ class AVRing:
 
     def write_audio(self, seq: int, t_capture_ns: int, samples: np.ndarray) -> None:
         self.audio_blocks += 1
-        self.audio.write(t_capture_ns, samples)
+        index = self.audio.write(t_capture_ns, samples)
+        if index is not None and self._on_audio is not None:
+            self._on_audio(index, samples)
 
     def audio_overflow(self, count: int = 1) -> None:
         self.audio_overflows += count

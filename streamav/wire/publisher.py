@@ -68,7 +68,7 @@ def default_stream_id() -> str:
 class _Outgoing:
     topic: str
     seq: int
-    payload: PackedPayload
+    payload: PackedPayload | bytes  # bytes: a whole message map, envelope included (replay)
     buffers: tuple[bytes, ...]
     t_capture_ns: int
     t_enqueue_ns: int
@@ -93,6 +93,15 @@ class Publisher:
     `on_sent(topic, t_capture_ns, t_enqueue_ns, t_sent_ns)`; set it before start() to see every
     message. It must be quick and must not call back into the publisher; an exception from it is
     logged once and otherwise ignored.
+
+    `on_message`, if set, is called in the publisher thread with every message it takes off
+    the queue, as `on_message(frames, t_publish_ns)` (the multipart frames as they are sent,
+    envelope included), whether or not the socket then accepts it: `streamav live --record`
+    logs the stream with it. The same rules apply as for `on_sent`.
+
+    `publish_raw()` sends a message whose map already holds its envelope (`streamav replay`).
+    `subscriptions_seen` counts the subscriptions peers have made (a first subscriber has
+    connected once it is > 0).
     """
 
     def __init__(
@@ -130,6 +139,8 @@ class Publisher:
         self._send_error_logged = False
         self._hook_error_logged = False
         self.on_sent: Callable[[str, int, int, int], None] | None = None
+        self.on_message: Callable[[list[bytes], int], None] | None = None
+        self.subscriptions_seen = 0
         self._subscriptions = SubscriptionLedger(max_subscriptions=max_subscriptions)
         self._listener: Listener | None = None
 
@@ -213,6 +224,28 @@ class Publisher:
                 return False
         return True
 
+    def publish_raw(self, topic: str, body: bytes, buffers: Iterable[bytes] = (),
+                    t_capture_ns: int = 0, timeout_s: float | None = 0.0) -> bool:
+        """Queue a message whose msgpack map `body` is complete, envelope included, to be sent
+        as it is (a logged message replayed). `timeout_s`: how long to wait for room in the
+        queue (0: never wait, None: as long as it takes). Returns False if it was dropped."""
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"a topic is a non-empty str, not {topic!r}")
+        item = _Outgoing(topic, -1, bytes(body), tuple(bytes(b) for b in buffers),
+                         int(t_capture_ns), now_ns())
+        if self._closed:
+            self.dropped_at_stop += 1
+            return False
+        try:
+            if timeout_s == 0:
+                self._queue.put_nowait(item)
+            else:
+                self._queue.put(item, timeout=timeout_s)
+        except queue.Full:
+            self.dropped_queue_full += 1
+            return False
+        return True
+
     @property
     def dropped(self) -> int:
         """Every message this publisher knows it lost (not the silent high-water-mark drops)."""
@@ -293,6 +326,8 @@ class Publisher:
             except zmq.ZMQError:
                 return
             problem = self._subscriptions.note(frame.bytes, frame.more)
+            if problem is None and frame.bytes[:1] == b"\x01":
+                self.subscriptions_seen += 1
             if problem is not None:
                 self._subscriptions.clear()
                 listener.reset(problem, offender=user_id(frame))
@@ -308,18 +343,30 @@ class Publisher:
                 self.dropped_at_stop += 1
 
     def _send(self, sock: zmq.Socket | None, item: _Outgoing) -> None:
+        t_publish_ns = now_ns()
+        if isinstance(item.payload, bytes):  # replayed: the map holds its envelope already
+            body = item.payload
+        else:
+            envelope = {
+                "schema": SCHEMA_VERSION,
+                "stream": self.stream_id,
+                "seq": item.seq,
+                "t_capture": ns_to_s(item.t_capture_ns),
+                "t_publish": ns_to_s(t_publish_ns),
+            }
+            body = protocol.pack_map(envelope, item.payload)
+        frames: list[bytes] = [item.topic.encode("utf-8"), body]
+        frames.extend(item.buffers)
+        if self.on_message is not None:
+            try:
+                self.on_message(frames, t_publish_ns)
+            except Exception:
+                if not self._hook_error_logged:
+                    self._hook_error_logged = True
+                    log.exception("Publisher.on_message failed (logged once)")
         if sock is None:  # not bound again yet after a reset
             self.dropped_send += 1
             return
-        envelope = {
-            "schema": SCHEMA_VERSION,
-            "stream": self.stream_id,
-            "seq": item.seq,
-            "t_capture": ns_to_s(item.t_capture_ns),
-            "t_publish": ns_to_s(now_ns()),
-        }
-        frames: list[bytes] = [item.topic.encode("utf-8"), protocol.pack_map(envelope, item.payload)]
-        frames.extend(item.buffers)
         try:
             # copy=False: the frames are immutable bytes; pyzmq still copies small ones itself.
             sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
