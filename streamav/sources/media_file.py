@@ -40,7 +40,8 @@ def _open_container(location: str) -> av.container.InputContainer:
         if not path.exists():
             raise InputError(f"no such file: {location}")
         if path.is_dir():
-            raise InputError(f"{location} is a directory, not a media file")
+            raise InputError(f"{location} is a directory, not a media file (nor a recording "
+                             "folder: those hold a manifest.json)")
         if not os.access(path, os.R_OK):
             raise InputError(f"cannot read {location}: permission denied")
     options = {"rw_timeout": "10000000"} if is_url(location) else {}
