@@ -23,7 +23,7 @@ import numpy as np
 from streamav import __version__
 from streamav.emotion.estimator import EmotionEstimator, Profile
 from streamav.emotion.features import frame_features
-from streamav.frontend.features import extract_clip_features
+from streamav.offline_features import extract_clip_features
 
 REPO = Path(__file__).resolve().parents[1]
 

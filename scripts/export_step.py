@@ -21,12 +21,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     import torch
 
+    from streamav.data import default_model_folder
     from streamav.engines.ship import write_shipped_step
-    from streamav.model_stage import default_model_folder
+    from streamav.offline_features import OfflineInputs
 
     torch.set_num_threads(1)
     folder = Path(argv[0]) if argv else default_model_folder()
-    manifest = write_shipped_step(folder)
+    manifest = write_shipped_step(folder, OfflineInputs())
     print(json.dumps({k: manifest[k] for k in ("file", "bytes", "sha256", "source",
                                                "weights_stored", "parity", "export_s")},
                      indent=2))

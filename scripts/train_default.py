@@ -254,8 +254,10 @@ def main() -> int:
 
         EmotionEstimator.load(model).save(target)
         from streamav.engines.ship import write_shipped_step
+        from streamav.offline_features import OfflineInputs
 
-        write_shipped_step(target)  # step.onnx + step.json: the runtime without PyTorch
+        # step.onnx + step.json: the runtime without PyTorch
+        write_shipped_step(target, OfflineInputs())
         print(f"installed the model in {target}")
     print(json.dumps(summary, indent=2))
     return 0

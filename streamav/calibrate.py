@@ -92,7 +92,7 @@ def run_calibrate(profile: str, label: str | None, *, video: Path | None = None,
             raise InputError("--video needs --label (the emotion the clip shows)")
         if not Path(video).is_file():
             raise InputError(f"--video {video}: no such file")
-        from streamav.frontend.features import extract_clip_features
+        from streamav.offline_features import extract_clip_features
 
         features = extract_clip_features(video, no_audio=no_audio)
         clip = clip_examples(features, estimator, label, str(video), start_s, end_s)

@@ -11,13 +11,13 @@ import json
 import logging
 import math
 import sys
-from importlib.resources import files
 from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
 
 from streamav import __version__
+from streamav.data import demo_clip_path
 from streamav.errors import InputError, StreamavError
 
 app = typer.Typer(
@@ -61,14 +61,6 @@ app.add_typer(corpus_app, name="corpus")
 from streamav.keys_cli import keys as _keys  # noqa: E402  (imports its work when it runs)
 
 app.command(name="keys")(_keys)
-
-DEMO_CLIP = "1001_DFA_HAP_XX.flv"
-
-
-def demo_clip_path() -> Path:
-    """The bundled CREMA-D clip (see streamav/data/demo/ATTRIBUTION.md)."""
-    return Path(str(files("streamav.data") / "demo" / DEMO_CLIP))
-
 
 def _check_outputs(*files: tuple[Optional[Path], str], folders=()) -> None:
     """Refuse output paths that could not be written, before the work that would fill them."""
@@ -353,15 +345,10 @@ def build_engines(
     from rich.console import Console
 
     _check_outputs((json_out, "--json"))
-    from streamav.engines.build_cli import build_engines as build, split_list
+    from streamav.build_engines import build_engines as build, engine_choices
 
-    try:
-        batches = [int(b) for b in split_list(batch, "batch")]
-    except ValueError:
-        raise InputError(f"--batch {batch!r}: expected integers like 1 or 1,64") from None
-    manifests = build(model, split_list(backend, "backend"), device,
-                      split_list(precision, "precision"), batches, engine_dir, calibration,
-                      force, Console(stderr=True))
+    choices = engine_choices(backend, device, precision, batch)  # every one checked first
+    manifests = build(model, choices, engine_dir, calibration, force, Console(stderr=True))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(manifests, indent=2) + "\n")

@@ -31,26 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from streamav.engines.choice import EngineChoice, EngineChoiceError
 from streamav.errors import InputError
 from streamav.frontend.face import FaceConfig
 from streamav.frontend.spectrum import SpectrumConfig
 from streamav.outputs import check_writable_file, check_writable_folder
+from streamav.sources.base import MODEL_SAMPLE_RATE_HZ as SOURCE_SAMPLE_RATE_HZ
 from streamav.sources.camera import CameraConfig
+from streamav.sources.factory import SourceConfig
 from streamav.wire.protocol import endpoint_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    camera: str | None = None  # index, device path or anything OpenCV opens
-    video: str | None = None  # file or URL (PyAV)
-    mic: str | None = None  # "default", an index or part of a device name
-    audio: str | None = None  # audio file (PyAV)
-    no_audio: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,12 +71,18 @@ class ModelSectionConfig:
     enabled: bool = True
     folder: str | None = None  # None: the model shipped in the package, if there is one
     noise: str | None = None  # corrupt the face crop before the model (see frontend/corruption)
-    backend: Literal["auto", "eager", "onnx", "compile", "tensorrt"] = "auto"  # docs/engines.md
-    device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"  # fp16/int8: tensorrt on cuda
+    # The engine choice (streamav.engines.choice.EngineChoice, batch 1): docs/engines.md
+    backend: str = "auto"  # auto, eager, onnx, compile, tensorrt
+    device: str = "cpu"  # cpu, cuda
+    precision: str = "fp32"  # fp32, fp16, int8 (which a backend builds: EngineChoice)
     threads: int = 1  # intra-op threads of the model step (the other cores decode and track)
     engine_dir: str | None = None  # None: $STREAMAV_ENGINE_DIR, the checkout's engines/, or ~/.cache
     profile: str | None = None  # a calibration profile (streamav calibrate) for the emotion
+
+    @property
+    def engine(self) -> EngineChoice:
+        """The engine choice of these keys (checked when the config loads)."""
+        return EngineChoice(self.backend, self.device, self.precision, 1)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "camera.width_px": (16, 16384), "camera.height_px": (16, 16384), "camera.fps": (0.1, 1000),
     "camera.reconnect_delay_s": (0, 3600), "camera.max_reconnects": (0, None),
     "ring.video_capacity_frames": (1, 512), "ring.audio_capacity_s": (0.5, 600),
-    "spectrum.sample_rate_hz": (16_000, 16_000),  # the sources resample to 16 kHz
+    # the sources deliver audio at this one rate (they resample to it)
+    "spectrum.sample_rate_hz": (SOURCE_SAMPLE_RATE_HZ, SOURCE_SAMPLE_RATE_HZ),
     "spectrum.window_samples": (16, 65_536), "spectrum.n_fft": (16, 65_536),
     "spectrum.hop_samples": (1, 160_000),
     "publish.queue_size": (1, 1_000_000), "publish.send_hwm": (0, 10_000_000),
@@ -300,6 +301,10 @@ def validate(config: LiveConfig, from_flags: set[str] = frozenset()) -> None:
     _validate_endpoints(config.publish, from_flags)
     if config.model.noise is not None:
         from streamav.frontend.corruption import parse_corruption
+    try:
+        config.model.engine  # noqa: B018 - made to be checked
+    except EngineChoiceError as exc:
+        raise InputError(f"{_name('model.' + exc.field, from_flags)}: {exc.reason}") from None
 
         try:
             parse_corruption(config.model.noise)

@@ -17,9 +17,10 @@ from streamav.config import LiveConfig, check_output_paths, load_config
 from streamav.errors import InputError
 from streamav.frontend.corruption import parse_corruption
 from streamav.frontend.face import FaceFrontEnd
-from streamav.model.inputs import SPECTRUM_BINS
+from streamav.model.inputs import check_frontend
 from streamav.model_runner import TORCH_HINT, runnable_without_torch
-from streamav.model_stage import EngineOptions, ModelStage, default_model_folder
+from streamav.model_stage import ModelStage, default_model_folder
+from streamav.offline_features import OfflineInputs
 from streamav.frontend.features import FeatureRecorder, save_features
 from streamav.pipeline import LivePipeline, RunSummary
 from streamav.preview import PreviewWindow, display_available
@@ -82,18 +83,13 @@ def _model(config: LiveConfig) -> ModelStage | None:
 
 
 def _model_stage(config: LiveConfig, folder: Path, noise) -> ModelStage:
-    if config.spectrum.n_bins != SPECTRUM_BINS:
-        raise InputError(f"the model reads {SPECTRUM_BINS}-bin spectra ([spectrum] "
-                         f"n_fft = 1024), not {config.spectrum.n_bins}: keep n_fft or use "
-                         "--no-model")
-    return ModelStage(folder, noise=noise, engine=_engine_options(config.model),
-                      profile=config.model.profile)
-
-
-def _engine_options(section) -> EngineOptions:
-    return EngineOptions(backend=section.backend, device=section.device,
-                         precision=section.precision, threads=section.threads,
-                         engine_dir=Path(section.engine_dir) if section.engine_dir else None)
+    # the model's input contract (streamav.model.inputs) against this run's front end
+    check_frontend(config.face.crop_size_px, config.spectrum.sample_rate_hz,
+                   config.spectrum.n_fft)
+    section = config.model
+    return ModelStage(folder, noise=noise, engine=section.engine, threads=section.threads,
+                      engine_dir=Path(section.engine_dir) if section.engine_dir else None,
+                      engine_inputs=OfflineInputs(), profile=section.profile)
 
 
 def build_pipeline(config: LiveConfig, on_frame=None,

@@ -19,28 +19,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
+from streamav.data import default_model_folder
 from streamav.emotion.estimator import (EmotionEstimator, EmotionReading, EmotionSettings,
                                         EmotionStream)
 from streamav.emotion.events import EmotionChangeDetector
 from streamav.emotion.features import frame_features
 from streamav.errors import InputError
 from streamav.frontend.corruption import Corruption
+from streamav.engines.choice import EngineChoice
+from streamav.engines.inputs import EngineInputs
 from streamav.model.inputs import SPECTRUM_BINS, face_to_model
-from streamav.model_runner import EngineOptions, StepRunner, open_runner
+from streamav.model_runner import StepRunner, check_choice_here, open_runner
 
-__all__ = ["EngineOptions", "ModelMessages", "ModelStage", "default_model_folder"]
+__all__ = ["ModelMessages", "ModelStage", "default_model_folder"]
 
 log = logging.getLogger(__name__)
-
-
-def default_model_folder() -> Path:
-    """The model shipped inside the package (streamav/data/model), which may be absent."""
-    return Path(str(files("streamav.data") / "model"))
 
 
 def step_head_reading(probs: np.ndarray, labels: tuple[str, ...],
@@ -63,11 +60,20 @@ class ModelMessages:
 
 
 class ModelStage:
+    """`engine`: the engine choice (default: auto on the CPU); `threads`: the step's intra-op
+    threads; `engine_dir`: the engine cache; `engine_inputs`: real frames for an engine built
+    on first use (streamav.offline_features.OfflineInputs)."""
+
     def __init__(self, folder: Path, noise: Corruption | None = None, fps: float = 30.0,
-                 seed: int = 0, engine: EngineOptions | None = None,
+                 seed: int = 0, engine: EngineChoice | None = None, threads: int = 1,
+                 engine_dir: Path | None = None, engine_inputs: EngineInputs | None = None,
                  profile: str | None = None) -> None:
         self.folder = Path(folder)
-        self.engine_options = engine or EngineOptions()
+        self.engine = engine or EngineChoice()
+        check_choice_here(self.engine)  # now, before the run binds or opens anything
+        self.threads = threads
+        self.engine_dir = engine_dir
+        self.engine_inputs = engine_inputs
         self.engine_label = ""
         self.noise = noise
         self.fps = fps
@@ -80,7 +86,8 @@ class ModelStage:
         self.labels: tuple[str, ...] = ()
 
     def start(self) -> None:
-        runner = open_runner(self.folder, self.engine_options)
+        runner = open_runner(self.folder, self.engine, self.threads, self.engine_dir,
+                             self.engine_inputs)
         if EmotionEstimator.present(self.folder):
             estimator = EmotionEstimator.load(self.folder)
             self._emotion = estimator.stream(self.fps, self._load_profile(estimator))

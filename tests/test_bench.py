@@ -142,7 +142,7 @@ def test_second_run_loads_the_cached_engine(step_run, tiny_model, engine_dir, tm
 def test_pipeline_benchmark_on_the_demo_clip(step_run, tiny_model, engine_dir, tmp_path):
     import av
 
-    from streamav.cli import demo_clip_path
+    from streamav.data import demo_clip_path
 
     with av.open(str(demo_clip_path())) as container:
         clip_frames = sum(1 for _ in container.decode(video=0))

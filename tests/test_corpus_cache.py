@@ -160,7 +160,7 @@ def test_failures_are_per_clip_and_mead_audio_is_paired(tmp_path):
     assert not manifest["complete"] and len(manifest["failures"]) == 2
     assert [c["clip_id"] for c in manifest["clips"]] == ["M003_happy_level_2_001"]
     assert manifest["clips"][0]["audio_sha256"] == file_sha256(media.audio_m4a)
-    from streamav.frontend.features import extract_clip_features
+    from streamav.offline_features import extract_clip_features
 
     reference = extract_clip_features(media.video_only_mp4, audio=media.audio_m4a).arrays()
     shard = shard_arrays(shard_path(out, "M003_happy_level_2_001"))

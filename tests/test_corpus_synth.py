@@ -174,7 +174,7 @@ def test_head_pose_is_independent_of_the_envelope_over_many_clips() -> None:
 
 
 def test_live_front_end_finds_the_synthetic_faces(corpus: Path) -> None:
-    from streamav.frontend.features import extract_clip_features
+    from streamav.offline_features import extract_clip_features
 
     found = total = 0
     for row in _labels(corpus)[::3]:

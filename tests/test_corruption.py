@@ -13,7 +13,7 @@ from streamav.frontend.corruption import EVAL_CORRUPTIONS, parse_corruption
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
     require_shared_data()
-    from streamav.frontend.features import extract_clip_features
+    from streamav.offline_features import extract_clip_features
 
     features = extract_clip_features(CREMA_D_CLIPS[0], max_frames=8)
     assert features.face_found.all()

@@ -19,15 +19,18 @@ from conftest import cli_env, streamav_command, tiny_config
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from streamav.engines import EngineCache, EngineSpec, open_engine  # noqa: E402
+from streamav.engines import EngineCache, EngineChoice, open_engine  # noqa: E402
 from streamav.engines import parity  # noqa: E402
 from streamav.engines.backends.eager import EagerEngine  # noqa: E402
 from streamav.engines.cache import identity_key  # noqa: E402
 from streamav.engines.registry import (build_or_load, engine_identity,  # noqa: E402
-                                       reference_frames, resolve_backend, weights_sha256)
+                                       resolve_backend, weights_sha256)
 from streamav.errors import DeviceError, InputError, MissingDependencyError  # noqa: E402
 from streamav.model.io import save_model  # noqa: E402
 from streamav.model.streaming import StreamingModel  # noqa: E402
+from streamav.offline_features import OfflineInputs  # noqa: E402
+
+INPUTS = OfflineInputs()  # the real frames of builds: calibration set, else the demo clip
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,7 +46,7 @@ def _model(seed: int = 0) -> StreamingModel:
 def shipped_model():
     """The model that ships in the package (the real trained weights)."""
     from streamav.model.io import load_model
-    from streamav.model_stage import default_model_folder
+    from streamav.data import default_model_folder
 
     folder = default_model_folder()
     if not (folder / "config.json").is_file():
@@ -54,7 +57,7 @@ def shipped_model():
 @pytest.fixture(scope="module")
 def real_frames(tmp_path_factory):
     """379 real frames: the calibration recordings through the live front end."""
-    spectra, faces = reference_frames(tmp_path_factory.mktemp("frames"), 300)
+    spectra, faces = INPUTS.reference_frames(300, tmp_path_factory.mktemp("frames"))
     return spectra, faces
 
 
@@ -79,8 +82,9 @@ def test_onnx_runtime_matches_eager_over_300_real_frames_with_state_fed_back(
     backend driven by its own state; and the error does not grow over the run."""
     spectra, faces = real_frames
     frames = 300
-    onnx = open_engine(shipped_model, EngineSpec("onnx"), EngineCache(_engine_dir), threads=1)
-    eager = EagerEngine(EngineSpec("eager"), shipped_model)
+    onnx = open_engine(shipped_model, EngineChoice("onnx"), EngineCache(_engine_dir), INPUTS,
+                       threads=1)
+    eager = EagerEngine(EngineChoice("eager"), shipped_model)
     ran = parity.run_engine(onnx, spectra, faces, frames)
     reference = parity.run_engine(eager, spectra, faces, frames)
     report = parity.compare(reference, ran)
@@ -105,12 +109,13 @@ def test_onnx_int8_stays_within_its_tolerance_over_300_real_frames(
     face that stays close to eager's (PSNR against eager, not against the input)."""
     spectra, faces = real_frames
     frames = 300
-    int8 = open_engine(shipped_model, EngineSpec("onnx", precision="int8"),
-                       EngineCache(_engine_dir), threads=1)
+    int8 = open_engine(shipped_model, EngineChoice("onnx", precision="int8"),
+                       EngineCache(_engine_dir), INPUTS, threads=1)
     assert int8.path.stat().st_size < 0.5 * sum(
         p.numel() * 4 for p in shipped_model.parameters())  # int8 weights, not fp32
     report = parity.compare(
-        parity.run_engine(EagerEngine(EngineSpec("eager"), shipped_model), spectra, faces, frames),
+        parity.run_engine(EagerEngine(EngineChoice("eager"), shipped_model), spectra, faces,
+                          frames),
         parity.run_engine(int8, spectra, faces, frames))
     assert parity.within_tolerance(report, "int8"), report["max_abs"]
     assert report["face_psnr_db_vs_reference"] >= 40.0
@@ -120,9 +125,9 @@ def test_onnx_int8_stays_within_its_tolerance_over_300_real_frames(
 def test_onnx_engine_steps_several_streams_independently(real_frames, _engine_dir):
     spectra, faces = real_frames
     model = _model(3)
-    onnx = open_engine(model, EngineSpec("onnx", batch=3), EngineCache(_engine_dir))
+    onnx = open_engine(model, EngineChoice("onnx", batch=3), EngineCache(_engine_dir), INPUTS)
     ran = parity.run_engine(onnx, spectra, faces, 40)
-    reference = parity.run_engine(EagerEngine(EngineSpec("eager", batch=3), model), spectra,
+    reference = parity.run_engine(EagerEngine(EngineChoice("eager", batch=3), model), spectra,
                                   faces, 40)
     report = parity.compare(reference, ran)
     assert report["max_abs"]["face_hat"] <= 1e-4 and report["max_abs"]["emotion_probs"] <= 1e-4
@@ -135,8 +140,8 @@ def test_onnx_engine_steps_several_streams_independently(real_frames, _engine_di
 def test_cache_hit_then_misses_on_changed_weights_and_versions(tmp_path):
     cache = EngineCache(tmp_path)
     model = _model()
-    spec = EngineSpec("onnx")
-    first = build_or_load(model, spec, cache, parity_frames=20)
+    spec = EngineChoice("onnx")
+    first = build_or_load(model, spec, cache, INPUTS, parity_frames=20)
     assert first.built and (first.folder / "step.onnx").is_file()
     manifest = json.loads((first.folder / "manifest.json").read_text())
     for key in ("weights_sha256", "inputs", "batch", "precision", "versions", "device_name",
@@ -147,14 +152,14 @@ def test_cache_hit_then_misses_on_changed_weights_and_versions(tmp_path):
     assert manifest["latency_ms"]["p50"] > 0 and manifest["build_s"] > 0
     mtime = (first.folder / "step.onnx").stat().st_mtime_ns
 
-    again = build_or_load(model, spec, cache, parity_frames=20)
+    again = build_or_load(model, spec, cache, INPUTS, parity_frames=20)
     assert not again.built and again.folder == first.folder
     assert (again.folder / "step.onnx").stat().st_mtime_ns == mtime  # loaded, not rebuilt
 
     changed = _model()
     with torch.no_grad():
         changed.emotion.net.bias.add_(0.5)
-    other = build_or_load(changed, spec, cache, parity_frames=20)
+    other = build_or_load(changed, spec, cache, INPUTS, parity_frames=20)
     assert other.built and other.folder != first.folder
     # An engine of another library version is another identity: a miss, never a wrong hit.
     identity = engine_identity(model, spec, weights_sha256(model))
@@ -167,7 +172,7 @@ def test_cache_hit_then_misses_on_changed_weights_and_versions(tmp_path):
 def test_corrupt_engine_is_detected_and_rebuilt(tmp_path, damage, caplog):
     cache = EngineCache(tmp_path)
     model = _model()
-    built = build_or_load(model, EngineSpec("onnx"), cache, parity_frames=10)
+    built = build_or_load(model, EngineChoice("onnx"), cache, INPUTS, parity_frames=10)
     path = built.folder / "step.onnx"
     data = path.read_bytes()
     if damage == "truncate":
@@ -177,12 +182,12 @@ def test_corrupt_engine_is_detected_and_rebuilt(tmp_path, damage, caplog):
     else:
         (built.folder / "manifest.json").write_text("{not json")
     with caplog.at_level("WARNING"):
-        rebuilt = build_or_load(model, EngineSpec("onnx"), cache, parity_frames=10)
+        rebuilt = build_or_load(model, EngineChoice("onnx"), cache, INPUTS, parity_frames=10)
     assert rebuilt.built
     assert "unusable" in caplog.text
     assert (rebuilt.folder / "step.onnx").read_bytes() != b"" and len(
         (rebuilt.folder / "step.onnx").read_bytes()) == len(data)
-    engine = open_engine(model, EngineSpec("onnx"), cache)
+    engine = open_engine(model, EngineChoice("onnx"), cache)  # a hit: no frames needed
     outputs, _ = engine.step(*model.example_inputs(1)[:2], engine.initial_state())
     assert torch.isfinite(outputs.face_hat).all()
 
@@ -241,28 +246,39 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path):
 # -- choosing backends, and errors ----------------------------------------------------------------
 
 def test_auto_picks_onnx_on_cpu_and_says_why():
-    backend, why = resolve_backend("auto", "cpu")
-    assert backend == "onnx" and "cpu" in why
+    chosen, why = resolve_backend(EngineChoice())
+    assert chosen == EngineChoice("onnx") and "cpu" in why
+    int8, _ = resolve_backend(EngineChoice(precision="int8"))
+    assert int8 == EngineChoice("onnx", precision="int8")  # eager does not build int8
+
+
+def test_a_build_without_real_frames_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="real frames"):
+        build_or_load(_model(), EngineChoice("onnx"), EngineCache(tmp_path), parity_frames=10)
+    assert [p for p in tmp_path.iterdir() if p.name != ".locks"] == []
+    with pytest.raises(ValueError, match="resolve 'auto'"):
+        EagerEngine(EngineChoice(), _model())
 
 
 def test_unknown_and_impossible_backends_are_clear_errors():
     with pytest.raises(InputError, match="unknown backend 'fast'"):
-        resolve_backend("fast", "cpu")
+        EngineChoice("fast")
     with pytest.raises(InputError, match="unknown device"):
-        EngineSpec("onnx", device="tpu")
+        EngineChoice("onnx", device="tpu")
     with pytest.raises(InputError):
-        open_engine(_model(), EngineSpec("onnx", precision="fp16"))
+        open_engine(_model(), EngineChoice("onnx", precision="fp16"))
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA GPU"):
-            open_engine(_model(), EngineSpec("compile", device="cuda"))
+            open_engine(_model(), EngineChoice("compile", device="cuda"))
 
 
 def test_missing_onnx_runtime_is_one_line_with_the_install_hint(tmp_path):
     """A Python where `import onnxruntime` fails (a broken install: it is a dependency)."""
     code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from streamav.engines.choice import EngineChoice\n"
             "from streamav.engines.registry import check_backend, resolve_backend\n"
-            "print(resolve_backend('auto', 'cpu')[0])\n"
-            "check_backend('onnx', 'cpu')\n")
+            "print(resolve_backend(EngineChoice())[0].backend)\n"
+            "check_backend(EngineChoice('onnx'))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.stdout.strip() == "eager"  # auto falls back

@@ -63,9 +63,9 @@ def test_the_shipped_step_was_made_from_the_shipped_weights_and_is_small(shipped
 
 def test_the_shipped_step_computes_what_eager_does_over_real_frames(shipped):
     torch = pytest.importorskip("torch")
-    from streamav.cli import demo_clip_path
+    from streamav.data import demo_clip_path
     from streamav.engines.backends.onnx_numpy import NumpyOnnxStep
-    from streamav.frontend.features import extract_clip_features
+    from streamav.offline_features import extract_clip_features
     from streamav.model.inputs import face_to_model
     from streamav.model.io import load_model
 
@@ -107,7 +107,8 @@ def _copy_model(tmp_path):
 
 def test_a_stale_or_corrupt_step_is_refused_with_the_reason(tmp_path, monkeypatch):
     from streamav import model_runner
-    from streamav.model_runner import EngineOptions, open_runner
+    from streamav.engines.choice import EngineChoice
+    from streamav.model_runner import open_runner
 
     folder = _copy_model(tmp_path)
     assert find_shipped_step(folder)[0] is not None
@@ -119,7 +120,7 @@ def test_a_stale_or_corrupt_step_is_refused_with_the_reason(tmp_path, monkeypatc
     assert step is None and "stale" in why and "export_step.py" in why
     monkeypatch.setattr(model_runner, "torch_importable", lambda: False)
     with pytest.raises(MissingDependencyError, match="stale"):
-        open_runner(folder, EngineOptions())
+        open_runner(folder, EngineChoice())
 
     folder = _copy_model(tmp_path / "b")
     with open(folder / STEP_FILE, "r+b") as f:
@@ -133,13 +134,14 @@ def test_a_stale_or_corrupt_step_is_refused_with_the_reason(tmp_path, monkeypatc
 
 def test_without_torch_other_engines_ask_for_it(monkeypatch):
     from streamav import model_runner
-    from streamav.model_runner import EngineOptions, open_runner
+    from streamav.engines.choice import EngineChoice
+    from streamav.model_runner import open_runner
 
     monkeypatch.setattr(model_runner, "torch_importable", lambda: False)
     with pytest.raises(MissingDependencyError, match="needs PyTorch"):
-        open_runner(default_model_folder(), EngineOptions(backend="eager"))
+        open_runner(default_model_folder(), EngineChoice(backend="eager"))
     with pytest.raises(MissingDependencyError, match="needs PyTorch"):
-        open_runner(default_model_folder(), EngineOptions(precision="int8"))
+        open_runner(default_model_folder(), EngineChoice(precision="int8"))
 
 
 def _blocked_python(code: str) -> list[str]:
@@ -152,9 +154,10 @@ def test_the_torch_free_path_imports_no_torch():
     code = """
         import streamav.live, streamav.model_stage, streamav.model_runner, streamav.model
         import streamav.engines.shipped, streamav.engines.backends.onnx_numpy
-        from streamav.model_runner import EngineOptions, open_runner
+        from streamav.engines.choice import EngineChoice
+        from streamav.model_runner import open_runner
         from streamav.model_stage import default_model_folder
-        runner = open_runner(default_model_folder(), EngineOptions())
+        runner = open_runner(default_model_folder(), EngineChoice())
         import numpy as np
         out = runner.step(np.zeros((1, 513), np.float32), np.zeros((1, 3, 64, 64), np.float32))
         assert out["face_hat"].shape == (1, 3, 64, 64), out["face_hat"].shape

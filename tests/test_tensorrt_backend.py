@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 
 from streamav.engines import parity  # noqa: E402
 from streamav.engines.backends import tensorrt as trt_backend  # noqa: E402
-from streamav.engines.base import EngineSpec  # noqa: E402
-from streamav.engines.calibration import CalibrationFrames  # noqa: E402
+from streamav.engines.choice import EngineChoice  # noqa: E402
+from streamav.engines.inputs import CalibrationFrames  # noqa: E402
 from streamav.engines.registry import open_engine, resolve_backend  # noqa: E402
 from streamav.errors import (DeviceError, MissingDependencyError,  # noqa: E402
                              StreamavError)
@@ -87,15 +87,15 @@ def test_missing_modelopt_is_a_missing_dependency_with_the_install_hint(monkeypa
 
 
 def test_auto_never_picks_tensorrt_on_cpu():
-    backend, why = resolve_backend("auto", "cpu")
-    assert backend != "tensorrt"
-    assert backend in ("onnx", "eager")
+    chosen, why = resolve_backend(EngineChoice())
+    assert chosen.backend != "tensorrt"
+    assert chosen.backend in ("onnx", "eager")
 
 
 @pytest.mark.skipif(HAVE_CUDA, reason="this machine has a CUDA GPU")
 def test_auto_on_cuda_without_a_gpu_is_a_device_error():
     with pytest.raises(DeviceError, match="no CUDA GPU"):
-        resolve_backend("auto", "cuda")
+        resolve_backend(EngineChoice(device="cuda"))
 
 
 @pytest.mark.skipif(HAVE_CUDA and HAVE_TRT, reason="TensorRT can run here")
@@ -103,7 +103,7 @@ def test_open_engine_tensorrt_fails_clearly_where_it_cannot_run(tmp_path):
     from streamav.engines.cache import EngineCache
 
     with pytest.raises(StreamavError) as caught:
-        open_engine(_model(), EngineSpec("tensorrt", "cuda"), cache=EngineCache(tmp_path))
+        open_engine(_model(), EngineChoice("tensorrt", "cuda"), cache=EngineCache(tmp_path))
     message = str(caught.value)
     if not HAVE_CUDA:
         assert isinstance(caught.value, DeviceError) and caught.value.exit_code == 3
@@ -116,7 +116,7 @@ def test_open_engine_tensorrt_fails_clearly_where_it_cannot_run(tmp_path):
 
 def test_tensorrt_engine_refuses_cpu_spec(tmp_path):
     with pytest.raises(DeviceError):
-        trt_backend.TensorRTEngine(EngineSpec("tensorrt", "cpu"), _model(), tmp_path / "step.ep")
+        trt_backend.TensorRTEngine(EngineChoice("tensorrt", "cpu"), _model(), tmp_path / "step.ep")
 
 
 # -- the INT8 calibration loop (pure PyTorch) ---------------------------------------------------
@@ -236,7 +236,7 @@ def test_int8_quant_config_turns_the_recurrent_part_off_in_both_formats():
 def _real_model() -> StreamingModel:
     """The shipped model if the package has one, else the default preset at a fixed seed."""
     from streamav.model.io import load_model
-    from streamav.model_stage import default_model_folder
+    from streamav.data import default_model_folder
 
     folder = default_model_folder()
     if (folder / "config.json").is_file():
@@ -246,18 +246,18 @@ def _real_model() -> StreamingModel:
 
 @pytest.fixture(scope="module")
 def real_frames(tmp_path_factory):
-    from streamav.engines.registry import reference_frames
+    from streamav.offline_features import OfflineInputs
 
     if not (HAVE_CUDA and HAVE_TRT):
         pytest.skip("needs an NVIDIA GPU and torch-tensorrt")
-    return reference_frames(tmp_path_factory.mktemp("frames"), 300)
+    return OfflineInputs().reference_frames(300, tmp_path_factory.mktemp("frames"))
 
 
 def _build_and_open(tmp_path: Path, precision: str, batch: int = 1):
-    from streamav.engines.calibration import load_calibration
+    from streamav.offline_features import load_calibration
 
     model = _real_model()
-    spec = EngineSpec("tensorrt", "cuda", precision, batch)
+    spec = EngineChoice("tensorrt", "cuda", precision, batch)
     path = tmp_path / "step.ep"
     calibration = load_calibration() if precision == "int8" else None
     trt_backend.build_tensorrt(model, spec, path, calibration, tmp_path)
@@ -267,7 +267,7 @@ def _build_and_open(tmp_path: Path, precision: str, batch: int = 1):
 def _eager_reference(model, batch, spectra, faces):
     from streamav.engines.backends.eager import EagerEngine
 
-    return parity.run_engine(EagerEngine(EngineSpec("eager", "cuda", "fp32", batch), model),
+    return parity.run_engine(EagerEngine(EngineChoice("eager", "cuda", "fp32", batch), model),
                              spectra, faces, 300)
 
 
@@ -337,13 +337,14 @@ def test_cuda_graphs_give_the_same_steps_and_fresh_output_tensors(tmp_path, real
 def test_open_engine_builds_caches_and_reuses_the_tensorrt_engine(tmp_path):
     from streamav.engines.cache import EngineCache
     from streamav.engines.registry import build_or_load
+    from streamav.offline_features import OfflineInputs
 
     model = _real_model()
     cache = EngineCache(tmp_path)
-    spec = EngineSpec("tensorrt", "cuda", "fp16")
-    built = build_or_load(model, spec, cache, parity_frames=60)
+    spec = EngineChoice("tensorrt", "cuda", "fp16")
+    built = build_or_load(model, spec, cache, OfflineInputs(), parity_frames=60)
     assert built.built and (built.folder / "step.ep").is_file()
-    again = build_or_load(model, spec, cache, parity_frames=60)
+    again = build_or_load(model, spec, cache, OfflineInputs(), parity_frames=60)
     assert not again.built and again.folder == built.folder
     engine = open_engine(model, spec, cache=cache, parity_frames=60)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streamav.engines.choice import EngineChoice
 from streamav.errors import InputError
 
 
@@ -20,9 +21,9 @@ def run(*, backend: str | None, device: str, batch: int, frames: int, warmup: in
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:  # a pipe or a file: don't squeeze the tables into 80 columns
         out = Console(width=max(out.width, 120))
-    backends = parse_backends(backend)
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}: choose cpu or cuda")
+    streams = 1 if pipeline else batch  # the live path steps one stream
+    EngineChoice(device=device, batch=streams)  # the device and the batch, by themselves
+    backends = parse_backends(backend, device, streams)  # one EngineChoice each, checked now
     if pipeline:
         from streamav.bench.pipeline import MODES, PipelineSettings, resolve_clips, \
             run_pipeline_bench

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamav.engines.choice import EngineChoice
 from streamav.errors import InputError
 
 MODES = ("offline", "realtime")
@@ -29,7 +30,7 @@ MODES = ("offline", "realtime")
 @dataclass(frozen=True)
 class PipelineSettings:
     clips: tuple[Path, ...]
-    backends: tuple[str, ...] = ()  # () → ("auto",): what `streamav live` runs by default
+    backends: tuple[EngineChoice, ...] = ()  # () → auto: what `streamav live` runs by default
     device: str = "cpu"
     repeat: int = 1
     modes: tuple[str, ...] = MODES
@@ -47,7 +48,7 @@ def free_endpoint() -> str:
 
 def resolve_clips(video: Path | None, demo: bool) -> tuple[Path, ...]:
     """--video FILE, --video FOLDER (every video in it), else the bundled demo clip."""
-    from streamav.cli import demo_clip_path
+    from streamav.data import demo_clip_path
 
     if video is None or demo:
         if video is not None:
@@ -55,7 +56,7 @@ def resolve_clips(video: Path | None, demo: bool) -> tuple[Path, ...]:
         return (demo_clip_path(),)
     video = Path(video)
     if video.is_dir():
-        from streamav.engines.calibration import recordings_in
+        from streamav.offline_features import recordings_in
 
         clips = tuple(recordings_in(video))
         if not clips:
@@ -93,17 +94,21 @@ def stage_summary(hist) -> dict:
             "count": int(count)}
 
 
-def plan(settings: PipelineSettings) -> list[tuple[str, str]]:
-    """(backend, why) per backend asked; named ones are checked here, `auto` is resolved by the
-    live model stage itself (with its fallbacks) and reported from the engine it opened."""
-    from streamav.bench.step import check_backend_here, parse_backends
+def plan(settings: PipelineSettings) -> list[tuple[EngineChoice, str]]:
+    """(engine choice, why) per backend asked; named ones are checked here, `auto` is resolved
+    by the live model stage itself (with its fallbacks) and reported from the engine it
+    opened."""
+    from streamav.bench.step import check_backend_here
 
-    planned = []
-    for name in parse_backends(",".join(settings.backends or ("auto",))):
-        if name != "auto":
-            check_backend_here(name, settings.device)
-        if name not in [p[0] for p in planned]:
-            planned.append((name, "asked for" if settings.backends else "the live default"))
+    planned: list[tuple[EngineChoice, str]] = []
+    for choice in settings.backends or (EngineChoice(device=settings.device),):
+        if choice.device != settings.device or choice.batch != 1:
+            raise InputError(f"{choice.label}: the live path runs one stream on --device "
+                             f"{settings.device}")
+        if not choice.is_auto:
+            check_backend_here(choice)
+        if choice not in [p[0] for p in planned]:
+            planned.append((choice, "asked for" if settings.backends else "the live default"))
     return planned
 
 
@@ -111,8 +116,8 @@ def run_pipeline_bench(settings: PipelineSettings, console, progress: bool = Tru
     from streamav.bench.machine import envelope, load_average, model_info
     from streamav.bench.step import _progress, check_device
     from streamav.latency import StageLatencies
+    from streamav.data import default_model_folder
     from streamav.model.io import load_model
-    from streamav.model_stage import default_model_folder
     from streamav.run_stats import STAGES
 
     if settings.repeat < 1:
@@ -124,7 +129,7 @@ def run_pipeline_bench(settings: PipelineSettings, console, progress: bool = Tru
     planned = plan(settings)
     folder = Path(settings.model_folder) if settings.model_folder else default_model_folder()
     model = load_model(folder)
-    overrides = {"model.folder": str(folder), "model.device": settings.device,
+    overrides = {"model.folder": str(folder),
                  **({"model.threads": settings.threads} if settings.threads else {}),
                  **({"model.engine_dir": str(settings.engine_dir)} if settings.engine_dir
                     else {}),
@@ -133,7 +138,8 @@ def run_pipeline_bench(settings: PipelineSettings, console, progress: bool = Tru
     runs_total = len(planned) * len(settings.modes) * settings.repeat * len(settings.clips)
     with _progress(console, progress) as bar:
         task = bar.add_task(f"{runs_total} live runs", total=runs_total)
-        for backend, why in planned:
+        for choice, why in planned:
+            backend = choice.name
             entry: dict = {"backend": backend, "why": why, "engine": None, "modes": {}}
             for mode in settings.modes:
                 total = StageLatencies(STAGES)
@@ -146,7 +152,9 @@ def run_pipeline_bench(settings: PipelineSettings, console, progress: bool = Tru
                         started = time.perf_counter()
                         final, latency, label = run_once(
                             clip, realtime=(mode == "realtime"),
-                            overrides={**overrides, "model.backend": backend})
+                            overrides={**overrides, "model.backend": choice.backend,
+                                       "model.device": choice.device,
+                                       "model.precision": choice.precision})
                         busy_s += time.perf_counter() - started
                         entry["engine"] = label or entry["engine"]
                         for stage in STAGES:
@@ -171,7 +179,7 @@ def run_pipeline_bench(settings: PipelineSettings, console, progress: bool = Tru
     settings_doc = {"device": settings.device, "modes": list(settings.modes),
                     "clips": [str(c) for c in settings.clips], "repeat": settings.repeat,
                     "threads": settings.threads or None,
-                    "asked_backends": list(settings.backends)}
+                    "asked_backends": [c.name for c in settings.backends]}
     document = envelope("pipeline", load_start, model_info(folder, model), settings_doc)
     document["backends"] = results
     return document

@@ -14,8 +14,9 @@
    synchronised before the clock stops.
 
 The inputs are real model inputs: the front end's spectra and face crops of the calibration
-recordings (`calibration/calibration.json`), else of the bundled demo clip; for B streams,
-stream b reads the same frames shifted by 7 * b.
+recordings (`calibration/calibration.json`), else of the bundled demo clip
+(streamav.offline_features.OfflineInputs); for B streams, stream b reads the same frames shifted
+by 7 * b. Each backend is an EngineChoice (backend, device, precision, batch).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from streamav.bench import BUDGET_MS, FPS
+from streamav.engines.choice import EngineChoice
 from streamav.errors import DeviceError, InputError, MissingDependencyError, StreamavError
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,8 @@ MAX_INPUT_POOL = 1024  # distinct input frames kept in memory; longer runs loop 
 
 @dataclass(frozen=True)
 class StepSettings:
-    backends: tuple[str, ...]  # as asked for: names or 'auto'; empty: the device's default
-    device: str = "cpu"
+    backends: tuple[EngineChoice, ...]  # as asked for (auto or named); empty: the default
+    device: str = "cpu"  # of the default backends (the asked ones carry their own)
     batch: int = 1
     frames: int = 1000
     warmup: int = 50
@@ -56,41 +58,31 @@ class StepSettings:
 
 @dataclass
 class Planned:
-    backend: str
+    choice: EngineChoice  # the backend named (auto resolved)
     why: str
-    precision: str = "fp32"
 
     @property
     def name(self) -> str:
         """'onnx', or 'onnx:int8' for a precision other than fp32 (the rows of the report)."""
-        return self.backend if self.precision == "fp32" else f"{self.backend}:{self.precision}"
+        return self.choice.name
 
 
-def parse_backends(text: str | None) -> tuple[str, ...]:
-    """'eager, onnx:int8' → ('eager', 'onnx:int8'); None → () (the device's default).
-    A backend may carry a precision after a colon (fp32 when none)."""
+def parse_backends(text: str | None, device: str = "cpu", batch: int = 1
+                   ) -> tuple[EngineChoice, ...]:
+    """'eager, onnx:int8' → (EngineChoice('eager', ...), EngineChoice('onnx', ..., 'int8'));
+    None → () (the device's default). A backend may carry a precision after a colon (fp32
+    when none)."""
     if text is None:
         return ()
-    from streamav.engines.base import BACKEND_NAMES, PRECISIONS
-
-    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
         raise InputError("--backend is empty: give one or more of eager, onnx, compile, "
                          "tensorrt, auto (comma-separated)")
-    for name in names:
-        backend, _, precision = name.partition(":")
-        if backend != "auto" and backend not in BACKEND_NAMES:
-            raise InputError(f"unknown backend {backend!r}: choose from "
-                             f"{', '.join(BACKEND_NAMES)} or auto")
-        if precision and precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r} in {name!r}: choose from "
-                             f"{', '.join(PRECISIONS)}")
-    return names
+    return tuple(EngineChoice.parse(name, device, batch) for name in names)
 
 
 def check_device(device: str) -> None:
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}: choose cpu or cuda")
+    EngineChoice(device=device)  # a device name
     if device == "cuda":
         import torch
 
@@ -98,48 +90,48 @@ def check_device(device: str) -> None:
             raise DeviceError("--device cuda: no CUDA GPU is visible to PyTorch here")
 
 
-def check_backend_here(backend: str, device: str) -> None:
+def check_backend_here(choice: EngineChoice) -> None:
     """check_backend, with the install hint for tensorrt first (it needs a package and a GPU)."""
     from streamav.engines.registry import check_backend
 
-    if backend == "tensorrt" and importlib.util.find_spec("torch_tensorrt") is None:
+    if choice.backend == "tensorrt" and importlib.util.find_spec("torch_tensorrt") is None:
         raise MissingDependencyError(TENSORRT_HINT)
-    check_backend(backend, device)
+    check_backend(choice)
 
 
-def plan_backends(asked: tuple[str, ...], device: str) -> tuple[list[Planned], list[str]]:
+def plan_backends(asked: tuple[EngineChoice, ...], device: str, batch: int = 1
+                  ) -> tuple[list[Planned], list[str]]:
     """The backends to run, eager first, each with why; and notes for the user (auto's choice,
     eager added, duplicates dropped). Raises the first backend's error that cannot run here."""
     from streamav.engines.registry import resolve_backend
 
-    if asked:
-        parse_backends(",".join(asked))  # the names checked (for callers of the API too)
     notes: list[str] = []
     planned: list[Planned] = []
-    for entry in asked or DEFAULT_BACKENDS[device]:
-        name, _, precision = entry.partition(":")
-        precision = precision or "fp32"
-        if name == "auto":
-            chosen, why = resolve_backend("auto", device)
-            notes.append(f"auto → {chosen} ({why})")
+    defaults = tuple(EngineChoice(name, device, "fp32", batch)
+                     for name in DEFAULT_BACKENDS[device])
+    for choice in asked or defaults:
+        if choice.is_auto:
+            chosen, why = resolve_backend(choice)
+            notes.append(f"auto → {chosen.backend} ({why})")
             why = f"auto: {why}"
         elif asked:
-            check_backend_here(name, device)
-            chosen, why = name, "asked for"
+            check_backend_here(choice)
+            chosen, why = choice, "asked for"
         else:  # a default one that cannot run here is skipped, not fatal
             try:
-                check_backend_here(name, device)
+                check_backend_here(choice)
             except StreamavError as error:
-                notes.append(f"{name} skipped: {error}")
+                notes.append(f"{choice.backend} skipped: {error}")
                 continue
-            chosen, why = name, f"default on {device}"
-        plan = Planned(chosen, why, precision)
+            chosen, why = choice, f"default on {device}"
+        plan = Planned(chosen, why)
         if any(p.name == plan.name for p in planned):
             notes.append(f"{plan.name} listed twice: benchmarked once")
             continue
         planned.append(plan)
     if not any(p.name == REFERENCE for p in planned):
-        planned.insert(0, Planned(REFERENCE, "added: the reference of the speed-up ratios"))
+        planned.insert(0, Planned(EngineChoice(REFERENCE, device, "fp32", batch),
+                                  "added: the reference of the speed-up ratios"))
         notes.append("eager added: it is the reference of the speed-up ratios")
     else:  # eager first: its numbers are the reference every other row is read against
         planned.sort(key=lambda p: p.name != REFERENCE)
@@ -185,10 +177,10 @@ def _engine_folders(root: Path) -> set[str]:
     return {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
 
 
-def _open(model, spec, cache, threads: int):
+def _open(model, spec, cache, threads: int, inputs):
     from streamav.engines.registry import open_engine
 
-    return open_engine(model, spec, cache, threads=threads)
+    return open_engine(model, spec, cache, inputs, threads=threads)
 
 
 def _engine_facts(engine, threads: int) -> dict:
@@ -234,16 +226,19 @@ def run_step_bench(settings: StepSettings, console, progress: bool = True
     import torch
 
     from streamav.bench.machine import envelope, load_average, model_info, process_cores
-    from streamav.engines.base import EngineSpec
+    from streamav.data import default_model_folder
     from streamav.engines.cache import EngineCache
-    from streamav.engines.registry import reference_frames
     from streamav.model.io import load_model
-    from streamav.model_stage import default_model_folder
+    from streamav.offline_features import OfflineInputs
 
     validate(settings)
     load_start = load_average()
     check_device(settings.device)
-    planned, notes = plan_backends(settings.backends, settings.device)
+    for choice in settings.backends:
+        if (choice.device, choice.batch) != (settings.device, settings.batch):
+            raise InputError(f"{choice.label}: every backend of one benchmark runs on "
+                             f"--device {settings.device} with --batch {settings.batch}")
+    planned, notes = plan_backends(settings.backends, settings.device, settings.batch)
     for note in notes:
         console.print(f"streamav bench: {note}")
         log.info("%s", note)
@@ -252,14 +247,15 @@ def run_step_bench(settings: StepSettings, console, progress: bool = True
     folder = Path(settings.model_folder) if settings.model_folder else default_model_folder()
     model = load_model(folder).float().eval()
     cache = EngineCache(settings.engine_dir)
+    inputs = OfflineInputs()
 
     engines, results = [], []
     for plan in planned:
-        spec = EngineSpec(plan.backend, settings.device, plan.precision, settings.batch)
+        spec = plan.choice
         console.print(f"streamav bench: opening {spec.label} ...")
         before = _engine_folders(cache.root)
         started = time.perf_counter()
-        engine = _open(model, spec, cache, threads)
+        engine = _open(model, spec, cache, threads, inputs)
         load_s = time.perf_counter() - started
         new = sorted(_engine_folders(cache.root) - before)
         engines.append(engine)
@@ -267,11 +263,11 @@ def run_step_bench(settings: StepSettings, console, progress: bool = True
                         "spec": dict(spec.as_dict(), label=spec.label),
                         "engine": _engine_facts(engine, threads),
                         "cold_start": {"load_s": round(load_s, 4),
-                                       "cache": ("none" if plan.backend not in ("onnx", "tensorrt")
+                                       "cache": ("none" if spec.backend not in ("onnx", "tensorrt")
                                                  else "built" if new else "loaded")}})
 
     pool = min(1 + settings.warmup + settings.frames, MAX_INPUT_POOL)
-    spectra, faces = reference_frames(cache.root, pool)
+    spectra, faces = inputs.reference_frames(pool, cache.root / ".calibration")
 
     states = []
     for engine, result in zip(engines, results):  # cold: the first step on a fresh state
@@ -322,9 +318,9 @@ def run_step_bench(settings: StepSettings, console, progress: bool = True
                     "frames": settings.frames, "warmup": settings.warmup, "threads": threads,
                     "torch_threads": torch.get_num_threads(), "budget_ms": round(BUDGET_MS, 4),
                     "interleaved": True, "engine_dir": str(cache.root),
-                    "inputs": {"source": _inputs_source(cache.root),
+                    "inputs": {"source": inputs.reference_source(),
                                "pool_frames": int(spectra.shape[0])},
-                    "asked_backends": list(settings.backends), "notes": notes}
+                    "asked_backends": [c.name for c in settings.backends], "notes": notes}
     document = envelope("step", load_start, model_info(folder, model), settings_doc)
     document["backends"] = results
     return document, {r["spec"]["label"]: step_ms[j] for j, r in enumerate(results)}
@@ -334,9 +330,3 @@ def _rotation(k: int, t: int) -> list[int]:
     """Backend order at frame t: 0..k-1 rotated by t."""
     start = t % k
     return list(range(start, k)) + list(range(start))
-
-
-def _inputs_source(cache_root: Path) -> str:
-    from streamav.engines.registry import frames_source
-
-    return frames_source()

@@ -193,7 +193,7 @@ def _outcome(clip_id: str, status: str, face_found: np.ndarray, names: tuple[str
 
 def compute_shard(job: ClipJob) -> ClipOutcome:
     """Run the front end over one clip and write its shard. Runs in a worker process."""
-    from streamav.frontend.features import extract_clip_features
+    from streamav.offline_features import extract_clip_features
 
     record = job.record
     started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""What every backend of the model step provides, and the names they are chosen by.
+"""What every backend of the model step provides, for one engine choice
+(`streamav.engines.choice.EngineChoice`, its backend named).
 
 An engine runs `StreamingModel.step` (both encoders, one MDVAE step with its recurrent state in
 and out, the decoders and the emotion head) for a fixed batch of B streams:
@@ -15,52 +16,22 @@ and the benchmark drive every backend through this one call.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-from streamav.errors import InputError
+from streamav.engines.choice import EngineChoice
 from streamav.model.streaming import State, StepOutputs, StreamingModel
-
-BACKEND_NAMES: tuple[str, ...] = ("eager", "onnx", "compile", "tensorrt")
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Which engine: backend, device, precision, and the static batch (streams per step)."""
-
-    backend: str
-    device: str = "cpu"
-    precision: str = "fp32"
-    batch: int = 1
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKEND_NAMES:
-            raise InputError(f"unknown backend {self.backend!r}: choose from "
-                             f"{', '.join(BACKEND_NAMES)} or auto")
-        if self.device not in DEVICES:
-            raise InputError(f"unknown device {self.device!r}: choose cpu or cuda")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}: choose fp32, fp16 or int8")
-        if self.batch < 1:
-            raise InputError(f"--batch must be at least 1, got {self.batch}")
-
-    @property
-    def label(self) -> str:
-        """Short name for tables and logs, e.g. 'onnx/cpu/fp32/b1'."""
-        return f"{self.backend}/{self.device}/{self.precision}/b{self.batch}"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class StepEngine(ABC):
-    """One backend's compiled (or not) model step for `spec.batch` streams on `spec.device`."""
+    """One backend's compiled (or not) model step for `spec.batch` streams on `spec.device`
+    (`spec`: the engine choice with its backend named, never `auto`)."""
 
-    def __init__(self, spec: EngineSpec, model: StreamingModel) -> None:
+    def __init__(self, spec: EngineChoice, model: StreamingModel) -> None:
+        if spec.is_auto:
+            raise ValueError("an engine is opened for a named backend: resolve 'auto' first "
+                             "(streamav.engines.registry.resolve_backend)")
         self.spec = spec
         self.model = model  # the eager model: labels, config, initial and reset states
         self.device = torch.device(spec.device)

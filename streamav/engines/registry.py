@@ -1,4 +1,4 @@
-"""Open an engine by name: `open_engine(model, EngineSpec(...))`, or pick one with `auto`.
+"""Open an engine for an engine choice: `open_engine(model, EngineChoice(...))`, `auto` resolved.
 
     eager     PyTorch as written (the reference); CPU or CUDA; fp32 (fp16 on CUDA)
     onnx      ONNX Runtime on the ONNX export of the step (cached in engines/); the CPU default;
@@ -12,6 +12,8 @@ device; see cache.py) with a parity check against eager over real frames and a l
 measurement, both written to the manifest. Given the model folder's shipped step
 (`shipped_onnx`, streamav.engines.shipped), the ONNX fp32 batch-1 CPU engine is that file
 rather than a new export, and its sha256 joins the identity (the cache keys it by its hash).
+A build's real frames (parity, INT8 calibration) come from the caller's `inputs`
+(streamav.engines.inputs.EngineInputs): the engines never run the front end themselves.
 `auto` picks, for the device, the first backend that can run here in the order measured
 fastest (BENCHMARKS.md): CPU: onnx, eager; CUDA: tensorrt, compile, onnx, eager; it logs which
 one and why.
@@ -25,19 +27,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from streamav.engines.base import BACKEND_NAMES, EngineSpec, StepEngine
+from streamav.engines.base import StepEngine
 from streamav.engines.cache import CachedEngine, EngineCache
-from streamav.engines.shipped import ShippedStep
+from streamav.engines.choice import AUTO_ORDER, EngineChoice
+from streamav.engines.inputs import EngineInputs
+from streamav.engines.shipped import SHIPPED_ENGINE, ShippedStep
 from streamav.errors import DeviceError, InputError, MissingDependencyError, StreamavError
 from streamav.host import cpu_name, package_version
 from streamav.model.streaming import EXPORT_INPUT_NAMES, StreamingModel
 
 log = logging.getLogger(__name__)
 
-AUTO_ORDER = {"cpu": ("onnx", "eager"), "cuda": ("tensorrt", "compile", "onnx", "eager")}
 CACHED_BACKENDS = ("onnx", "tensorrt")
 ENGINE_FILE = {"onnx": "step.onnx", "tensorrt": "step.ep"}
 EXPORT_FORMAT = 1  # bump when the exported step's signature or export path changes
@@ -71,7 +73,7 @@ def library_versions(backend: str) -> dict:
     return {name: package_version(name) for name in names}
 
 
-def engine_identity(model: StreamingModel, spec: EngineSpec, weights_hash: str,
+def engine_identity(model: StreamingModel, spec: EngineChoice, weights_hash: str,
                     calibration_hash: str | None = None,
                     shipped_onnx: ShippedStep | None = None) -> dict:
     """Everything a cached engine depends on: the cache key is the hash of this."""
@@ -92,19 +94,21 @@ def engine_identity(model: StreamingModel, spec: EngineSpec, weights_hash: str,
     }
 
 
-def uses_shipped(spec: EngineSpec) -> bool:
+def uses_shipped(spec: EngineChoice) -> bool:
     """The engines a shipped step.onnx (batch 1, float32, CPU) can be, as it is."""
-    return (spec.backend, spec.device, spec.precision, spec.batch) == ("onnx", "cpu", "fp32", 1)
+    return spec == SHIPPED_ENGINE
 
 
-def uses_calibration(spec: EngineSpec) -> bool:
+def uses_calibration(spec: EngineChoice) -> bool:
     """TensorRT INT8 calibrates activations on the calibration set; ONNX Runtime's CPU int8
     quantizes weights only (activations per step, dynamically) and needs none."""
     return spec.precision == "int8" and spec.backend == "tensorrt"
 
 
-def check_backend(backend: str, device: str) -> None:
-    """Raise MissingDependencyError / DeviceError if `backend` cannot run on `device` here."""
+def check_backend(spec: EngineChoice) -> None:
+    """Raise MissingDependencyError / DeviceError if `spec`'s (named) backend cannot run on its
+    device here."""
+    backend, device = spec.backend, spec.device
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda: no CUDA GPU is visible to PyTorch here")
     if backend == "onnx":
@@ -122,44 +126,46 @@ def check_backend(backend: str, device: str) -> None:
     elif backend == "tensorrt":
         from streamav.engines.backends.tensorrt import check_available
 
-        check_available(device)
+        check_available(device, spec.precision)
 
 
-def resolve_backend(backend: str, device: str) -> tuple[str, str]:
-    """'auto' → (the backend to use, why); a named backend → (it, 'asked for')."""
-    if backend != "auto":
-        if backend not in BACKEND_NAMES:
-            raise InputError(f"unknown backend {backend!r}: choose from "
-                             f"{', '.join(BACKEND_NAMES)} or auto")
-        return backend, "asked for"
-    if device not in AUTO_ORDER:
-        raise InputError(f"unknown device {device!r}: choose cpu or cuda")
+def resolve_backend(choice: EngineChoice) -> tuple[EngineChoice, str]:
+    """`auto` → (the choice with the backend to use, why); a named backend → (it, 'asked for')."""
+    if not choice.is_auto:
+        return choice, "asked for"
+    device = choice.device
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda: no CUDA GPU is visible to PyTorch here")
-    skipped = []
-    for candidate in AUTO_ORDER[device]:
+    order = AUTO_ORDER[device]
+    skipped = [f"{name}: does not build {choice.precision}" for name in order
+               if name not in choice.auto_candidates()]
+    for candidate in choice.auto_candidates():
         try:
-            check_backend(candidate, device)
+            check_backend(choice.with_backend(candidate))
         except StreamavError as error:
             skipped.append(f"{candidate}: {error}")
             continue
-        why = f"fastest available on {device} (order {', '.join(AUTO_ORDER[device])})"
+        why = f"fastest available on {device} (order {', '.join(order)})"
         if skipped:
             why += "; skipped " + "; ".join(skipped)
-        return candidate, why
-    raise MissingDependencyError(f"no backend can run on {device}: " + "; ".join(skipped))
+        return choice.with_backend(candidate), why
+    raise MissingDependencyError(f"no backend can run {choice.precision} on {device}: "
+                                 + "; ".join(skipped))
 
 
-def open_engine(model: StreamingModel, spec: EngineSpec, cache: EngineCache | None = None,
-                calibration: Path | None = None, parity_frames: int = PARITY_FRAMES,
+def open_engine(model: StreamingModel, spec: EngineChoice, cache: EngineCache | None = None,
+                inputs: EngineInputs | None = None, parity_frames: int = PARITY_FRAMES,
                 weights_hash: str | None = None, threads: int | None = None,
                 shipped_onnx: ShippedStep | None = None) -> StepEngine:
-    """A ready engine for `spec` (built and cached first where the backend caches).
+    """A ready engine for `spec` (a named backend; built and cached first where the backend
+    caches).
 
-    `threads`: intra-op threads of ONNX Runtime (default: every core of the process); eager
-    and compile use torch's setting (torch.set_num_threads). `shipped_onnx`: the model
-    folder's current step.onnx, used as the onnx/cpu/fp32/b1 engine instead of an export."""
-    check_backend(spec.backend, spec.device)
+    `inputs`: the real frames of a build (parity, INT8 calibration); needed only when the
+    cached engine has to be built. `threads`: intra-op threads of ONNX Runtime (default: every
+    core of the process); eager and compile use torch's setting (torch.set_num_threads).
+    `shipped_onnx`: the model folder's current step.onnx, used as the onnx/cpu/fp32/b1 engine
+    instead of an export."""
+    check_backend(spec)
     model = model.float().eval()
     if spec.backend == "eager":
         from streamav.engines.backends.eager import EagerEngine
@@ -169,28 +175,27 @@ def open_engine(model: StreamingModel, spec: EngineSpec, cache: EngineCache | No
         from streamav.engines.backends.compiled import CompiledEngine
 
         return CompiledEngine(spec, model)
-    cached = build_or_load(model, spec, cache, calibration, parity_frames, weights_hash,
-                           shipped_onnx)
+    cached = build_or_load(model, spec, cache, inputs, parity_frames, weights_hash, shipped_onnx)
     return load_cached(model, spec, cached, threads)
 
 
-def open_with_fallback(model: StreamingModel, backend: str, device: str, precision: str = "fp32",
-                       batch: int = 1, cache: EngineCache | None = None,
-                       threads: int | None = None,
-                       shipped_onnx: ShippedStep | None = None) -> StepEngine:
+def open_with_fallback(model: StreamingModel, choice: EngineChoice,
+                       cache: EngineCache | None = None, threads: int | None = None,
+                       shipped_onnx: ShippedStep | None = None,
+                       inputs: EngineInputs | None = None) -> StepEngine:
     """`open_engine` for a named backend (its errors raised), or for `auto`: the first of
     AUTO_ORDER that opens, each one that fails said in one log line."""
-    chosen, why = resolve_backend(backend, device)
-    if backend != "auto":
-        return open_engine(model, EngineSpec(chosen, device, precision, batch), cache,
-                           threads=threads, shipped_onnx=shipped_onnx)
-    log.info("backend auto: %s (%s)", chosen, why)
-    order = AUTO_ORDER[device]
-    candidates = order[order.index(chosen):]
+    chosen, why = resolve_backend(choice)
+    if not choice.is_auto:
+        return open_engine(model, chosen, cache, inputs, threads=threads,
+                           shipped_onnx=shipped_onnx)
+    log.info("backend auto: %s (%s)", chosen.backend, why)
+    order = choice.auto_candidates()
+    candidates = order[order.index(chosen.backend):]
     for i, name in enumerate(candidates):
         try:
-            return open_engine(model, EngineSpec(name, device, precision, batch), cache,
-                               threads=threads, shipped_onnx=shipped_onnx)
+            return open_engine(model, choice.with_backend(name), cache, inputs, threads=threads,
+                               shipped_onnx=shipped_onnx)
         except Exception as error:  # noqa: BLE001 - auto falls back on any failure, said once
             if i + 1 == len(candidates):
                 raise
@@ -199,7 +204,7 @@ def open_with_fallback(model: StreamingModel, backend: str, device: str, precisi
     raise AssertionError("unreachable")
 
 
-def load_cached(model: StreamingModel, spec: EngineSpec, cached: CachedEngine,
+def load_cached(model: StreamingModel, spec: EngineChoice, cached: CachedEngine,
                 threads: int | None = None) -> StepEngine:
     path = cached.file(ENGINE_FILE[spec.backend])
     if spec.backend == "onnx":
@@ -211,28 +216,32 @@ def load_cached(model: StreamingModel, spec: EngineSpec, cached: CachedEngine,
     return TensorRTEngine(spec, model, path)
 
 
-def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | None = None,
-                  calibration: Path | None = None, parity_frames: int = PARITY_FRAMES,
+def build_or_load(model: StreamingModel, spec: EngineChoice, cache: EngineCache | None = None,
+                  inputs: EngineInputs | None = None, parity_frames: int = PARITY_FRAMES,
                   weights_hash: str | None = None,
                   shipped_onnx: ShippedStep | None = None) -> CachedEngine:
-    """The cached engine for `spec`, built (export or the shipped step.onnx, compile, parity,
-    latency) on a miss."""
+    """The cached engine for `spec`, built (export or the shipped step.onnx, compile, parity
+    over `inputs`' real frames, latency) on a miss."""
     if spec.backend not in CACHED_BACKENDS:
         raise InputError(f"--backend {spec.backend} has nothing to build in engines/")
     cache = cache or EngineCache()
     calibration_set = None
     if uses_calibration(spec):
-        from streamav.engines.calibration import load_calibration
-
-        calibration_set = load_calibration(calibration)
+        if inputs is None:
+            raise ValueError(f"engine {spec.label} calibrates on real frames: give `inputs`")
+        calibration_set = inputs.calibration()
     if shipped_onnx is not None and not uses_shipped(spec):
         shipped_onnx = None
     identity = engine_identity(model, spec, weights_hash or weights_sha256(model),
                                calibration_set.set_hash if calibration_set else None,
                                shipped_onnx)
+
     def build(folder: Path) -> dict:
         from streamav.engines import parity
 
+        if inputs is None:  # a caller's mistake: every command passes its real frames
+            raise ValueError(f"engine {spec.label} is not in {cache.root}, and building it "
+                             "needs real frames for its parity check: give `inputs`")
         # Shown by default: the first run of a model on a machine pauses here (15-30 s on 2 cores).
         log.warning("engine %s: not built for this model and environment yet; building it once "
                     "into %s", spec.label, cache.root)
@@ -256,11 +265,11 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
 
             build_tensorrt(model, spec, path, calibration_set, cache.root)
         engine = load_cached(model, spec, CachedEngine(folder, {}, True))
-        spectra, faces = reference_frames(cache.root, parity_frames)
+        spectra, faces = inputs.reference_frames(parity_frames, cache.root / ".calibration")
         from streamav.engines.backends.eager import EagerEngine
 
-        reference = parity.run_engine(EagerEngine(EngineSpec("eager", spec.device, "fp32",
-                                                             spec.batch), model),
+        reference = parity.run_engine(EagerEngine(EngineChoice("eager", spec.device, "fp32",
+                                                               spec.batch), model),
                                       spectra, faces, parity_frames)
         ran = parity.run_engine(engine, spectra, faces, parity_frames)
         report = parity.compare(reference, ran)
@@ -270,7 +279,8 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
                         "probs %.2e", spec.label, report["max_abs"]["face_hat"],
                         report["max_abs"]["emotion_probs"])
         return {"parity": dict(report, tolerances=parity.TOLERANCES[spec.precision],
-                               within_tolerance=ok, frames_source=frames_source()),
+                               within_tolerance=ok,
+                               frames_source=inputs.reference_source()),
                 "latency_ms": parity.latency_summary(ran["step_ms"]),
                 "eager_latency_ms": parity.latency_summary(reference["step_ms"]),
                 "calibration": (None if calibration_set is None else
@@ -281,45 +291,3 @@ def build_or_load(model: StreamingModel, spec: EngineSpec, cache: EngineCache | 
     if not built.built:
         log.info("engine %s: loaded from %s", spec.label, built.folder)
     return built
-
-
-def frames_source() -> str:
-    """Where `reference_frames` takes its real frames from."""
-    from streamav.engines.calibration import default_calibration_file
-
-    return ("calibration/calibration.json" if default_calibration_file().is_file()
-            else "the demo clip, looped")
-
-
-_FRAMES_MEMO: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def reference_frames(cache_root: Path, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real model inputs for parity checks: the calibration set (the checkout's), else the
-    bundled demo clip; looped to `frames`. Kept in memory once read."""
-    key = str(cache_root)
-    if key not in _FRAMES_MEMO:
-        _FRAMES_MEMO[key] = _real_frames(cache_root)
-    spectra, faces = _FRAMES_MEMO[key]
-    reps = -(-frames // spectra.shape[0])
-    return (np.ascontiguousarray(np.concatenate([spectra] * reps)[:frames]),
-            np.ascontiguousarray(np.concatenate([faces] * reps)[:frames]))
-
-
-def _real_frames(cache_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from streamav.engines.calibration import CalibrationSet, load_calibration
-
-    try:
-        calibration: CalibrationSet = load_calibration()
-        data = calibration.frames(cache_root / ".calibration")
-        spectra, faces = data.spectra, data.faces
-    except InputError:
-        from streamav.cli import demo_clip_path
-        from streamav.model.inputs import face_to_model
-        from streamav.frontend.features import extract_clip_features
-
-        features = extract_clip_features(demo_clip_path())
-        keep = features.face_found
-        spectra = features.spectrum[keep].astype(np.float32)
-        faces = face_to_model(features.face_crop_rgb[keep]).astype(np.float32)
-    return spectra, faces

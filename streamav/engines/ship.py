@@ -5,8 +5,9 @@ project's export (`export_step` → `write_onnx`, the `onnx` engine's file), sto
 weight that float16 holds exactly as float16 followed by a Cast to float32 (`compact_weights`:
 lossless, and a model saved with float16 weights, as the shipped one is, halves), checks the
 file against eager over real frames with the state fed back (`parity.TOLERANCES["fp32"]`), and
-writes step.onnx then step.json (streamav.engines.shipped documents it), each atomically.
-Needs torch, onnx and onnxscript (`streamav[train]`); `scripts/export_step.py` runs it.
+writes step.onnx then step.json (streamav.engines.shipped documents it), each atomically. The
+real frames of the parity check are the caller's (`inputs`, streamav.engines.inputs). Needs
+torch, onnx and onnxscript (`streamav[train]`); `scripts/export_step.py` runs it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streamav.engines.shipped import STEP_FILE, STEP_FORMAT, STEP_MANIFEST, STEP_VERSION
+from streamav.engines.inputs import EngineInputs
+from streamav.engines.shipped import (SHIPPED_ENGINE, STEP_FILE, STEP_FORMAT, STEP_MANIFEST,
+                                      STEP_VERSION)
 from streamav.host import file_sha256, package_version
 from streamav.model.folder import read_model_config, weights_path
 
@@ -63,16 +66,18 @@ def compact_weights(path: Path) -> dict[str, int]:
     return {"float16": halved, "float32": len(kept) - halved}
 
 
-def write_shipped_step(folder: Path, parity_frames: int = PARITY_FRAMES) -> dict:
-    """Export `folder`'s model to folder/step.onnx and describe it in folder/step.json."""
+def write_shipped_step(folder: Path, inputs: EngineInputs,
+                       parity_frames: int = PARITY_FRAMES) -> dict:
+    """Export `folder`'s model to folder/step.onnx and describe it in folder/step.json, its
+    parity against eager checked over `inputs`' real frames."""
     import torch
 
     from streamav.engines import parity
     from streamav.engines.backends.eager import EagerEngine
     from streamav.engines.backends.onnx import OnnxEngine
-    from streamav.engines.base import EngineSpec
+    from streamav.engines.choice import EngineChoice
     from streamav.engines.export import ONNX_OPSET, export_step, write_onnx
-    from streamav.engines.registry import EXPORT_FORMAT, reference_frames
+    from streamav.engines.registry import EXPORT_FORMAT
     from streamav.model.io import load_model
     from streamav.model.streaming import EXPORT_INPUT_NAMES, EXPORT_OUTPUT_NAMES
 
@@ -94,14 +99,13 @@ def write_shipped_step(folder: Path, parity_frames: int = PARITY_FRAMES) -> dict
     try:
         write_onnx(export_step(model, 1), tmp)
         counts = compact_weights(tmp)
-        spec = EngineSpec("onnx", "cpu", "fp32", 1)
-        spectra, faces = reference_frames(Path(tempfile.gettempdir()) / "streamav-export",
-                                          parity_frames)
+        spectra, faces = inputs.reference_frames(
+            parity_frames, Path(tempfile.gettempdir()) / "streamav-export" / ".calibration")
         with torch.inference_mode():
-            reference = parity.run_engine(EagerEngine(EngineSpec("eager"), model), spectra,
+            reference = parity.run_engine(EagerEngine(EngineChoice("eager"), model), spectra,
                                           faces, parity_frames)
-            ran = parity.run_engine(OnnxEngine(spec, model, tmp, threads=1), spectra, faces,
-                                    parity_frames)
+            ran = parity.run_engine(OnnxEngine(SHIPPED_ENGINE, model, tmp, threads=1), spectra,
+                                    faces, parity_frames)
         report = parity.compare(reference, ran)
         if not parity.within_tolerance(report, "fp32"):
             raise ValueError(f"the exported step is outside the fp32 tolerances against eager: "

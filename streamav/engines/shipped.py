@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamav.engines.choice import EngineChoice
 from streamav.host import file_sha256
 from streamav.model.folder import CONFIG_FILE, WEIGHTS_FILE
 
@@ -28,6 +29,8 @@ STEP_FILE = "step.onnx"
 STEP_MANIFEST = "step.json"
 STEP_FORMAT = "streamav-step"
 STEP_VERSION = 1
+# The one engine the shipped file is, as it is: ONNX Runtime, CPU, float32, one stream.
+SHIPPED_ENGINE = EngineChoice("onnx", "cpu", "fp32", 1)
 REGENERATE_HINT = "regenerate it: python scripts/export_step.py (needs 'streamav[train]')"
 
 

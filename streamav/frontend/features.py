@@ -1,9 +1,11 @@
-"""Per-frame front-end features of a whole clip, made by the live pipeline itself.
+"""Per-frame front-end features of a whole clip, as the live pipeline makes them.
 
-Training and evaluation read exactly what `streamav live` computes: `extract_clip_features` runs
-the same `LivePipeline` offline (every frame, deterministic) with no publisher and collects each
-frame's aligned face crop and power spectrum. `streamav live --save-features PATH` writes the
-same arrays from a live run, and the corpus cache stores them, so there is no train/serve skew.
+Training and evaluation read exactly what `streamav live` computes: `FeatureRecorder` is a
+pipeline's `on_frame` hook that collects each frame's aligned face crop and power spectrum;
+`streamav.offline_features.extract_clip_features` runs the same `LivePipeline` offline (every
+frame, deterministic) with no publisher and this recorder, `streamav live --save-features PATH`
+writes the same arrays from a live run, and the corpus cache stores them, so there is no
+train/serve skew.
 
 Arrays (T frames):
     face_crop_rgb  (T, 64, 64, 3) uint8   aligned crop, zeros where no face was found
@@ -28,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamav.config import LiveConfig, load_config
-from streamav.frontend.face import N_MESH_POINTS, mesh_in_crop
+from streamav.frontend.face import FaceConfig, N_MESH_POINTS, mesh_in_crop
+from streamav.frontend.spectrum import SpectrumConfig
 
 # Bump when the front end's output changes for the same input (caches made before are stale).
 FRONTEND_VERSION = 2  # 2: mesh_crop_xy
@@ -119,16 +121,17 @@ def load_features(path: Path) -> ClipFeatures:
         return ClipFeatures(**{key: data[key] for key in FEATURE_KEYS})
 
 
-def frontend_signature(config: LiveConfig) -> dict:
-    """What the features depend on besides the input: caches record it and compare it."""
+def frontend_signature(config=None) -> dict:
+    """What the features depend on besides the input: caches record it and compare it.
+    `config`: a run's config (its `face` and `spectrum` sections); None: the defaults."""
     import av
     import cv2
     import mediapipe
 
     signature = {
         "frontend_version": FRONTEND_VERSION,
-        "face": asdict(config.face),
-        "spectrum": asdict(config.spectrum),
+        "face": asdict(config.face if config is not None else FaceConfig()),
+        "spectrum": asdict(config.spectrum if config is not None else SpectrumConfig()),
         "mediapipe": mediapipe.__version__,
         "opencv": cv2.__version__,
         "av": av.__version__,
@@ -136,24 +139,3 @@ def frontend_signature(config: LiveConfig) -> dict:
     signature["hash"] = hashlib.sha256(
         json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
     return signature
-
-
-def extract_clip_features(video: str | Path, *, audio: str | Path | None = None,
-                          no_audio: bool = False, config_path: Path | None = None,
-                          max_frames: int | None = None) -> ClipFeatures:
-    """Run the live pipeline offline over a clip and return its per-frame features."""
-    from streamav.frontend.face import FaceFrontEnd
-    from streamav.pipeline import LivePipeline, NullPublisher
-    from streamav.sources.factory import build_sources
-
-    config = load_config(config_path, {
-        "source.video": str(video), "source.audio": str(audio) if audio else None,
-        "source.no_audio": True if no_audio else None, "run.realtime": False,
-        "run.preview": False, "run.max_frames": max_frames,
-        "publish.control_endpoint": "none",
-    })
-    recorder = FeatureRecorder(config.face.crop_size_px, config.spectrum.n_bins)
-    pipeline = LivePipeline(config, build_sources(config), FaceFrontEnd(config.face),
-                            NullPublisher(), on_frame=recorder)
-    pipeline.run()
-    return recorder.features()

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from streamav.model.config import EmotionHeadConfig, ModelConfig
+from streamav.model.inputs import FACE_OFFSET, FACE_SCALE, face_to_model
 from streamav.model.mdvae import MDVAE, MDVAEState
 from streamav.model.refine import Refiner, RefineState
 from streamav.model.vqvae import AudioVQVAE, VisualVQVAE
@@ -290,10 +291,10 @@ def face_tensor_from_rgb(crop_rgb: np.ndarray) -> Tensor:
         arr = arr[None]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected (B, H, W, 3) uint8 RGB, got {arr.dtype} {arr.shape}")
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0).sub(0.5).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(face_to_model(arr)))
 
 
 def face_rgb_from_tensor(face: Tensor) -> np.ndarray:
-    """(B, 3, H, W) in -0.5..0.5 → (B, H, W, 3) uint8 RGB."""
-    scaled = ((face.detach().float().cpu() + 0.5).clamp(0.0, 1.0) * 255.0).round()
+    """(B, 3, H, W) in -0.5..0.5 → (B, H, W, 3) uint8 RGB (the inverse of face_to_model)."""
+    scaled = ((face.detach().float().cpu() + FACE_OFFSET).clamp(0.0, 1.0) / FACE_SCALE).round()
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()

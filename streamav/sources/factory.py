@@ -1,27 +1,57 @@
-"""Turns the [source] config into the source objects of a run.
+"""Turns the [source] config (`SourceConfig`) into the source objects of a run.
 
 Rules: `video` (file or URL) or `camera` (default: camera 0) gives the frames. Audio comes from
 `mic` if given, else from `audio` (a file), else from the video file's own track, else (camera)
 from the default microphone; `no_audio` turns it off. File sources get their clock anchor from
 the pipeline when it starts them (the same for all), so a video file and a separate audio file
-line up exactly.
+line up exactly. A `video` that is a recording's folder (`live --record`) plays that recording:
+its frames, and its audio unless another is given (streamav/sources/recording.py).
 """
 
 from __future__ import annotations
 
-from streamav.config import LiveConfig
+from dataclasses import dataclass
+from typing import Protocol
+
 from streamav.sources.base import Source
-from streamav.sources.camera import CameraSource
+from streamav.sources.camera import CameraConfig, CameraSource
 from streamav.sources.media_file import MediaFileSource
+from streamav.sources.recording import RecordingSource, is_recording
 
 
-def build_sources(config: LiveConfig) -> list[Source]:
+@dataclass(frozen=True)
+class SourceConfig:
+    """The [source] section of a run's config (streamav.config)."""
+
+    camera: str | None = None  # index, device path or anything OpenCV opens
+    video: str | None = None  # file or URL (PyAV)
+    mic: str | None = None  # "default", an index or part of a device name
+    audio: str | None = None  # audio file (PyAV)
+    no_audio: bool = False
+
+
+class _Run(Protocol):
+    realtime: bool
+
+
+class SourcesConfig(Protocol):
+    """What the sources read of a run's config (streamav.config.LiveConfig)."""
+
+    source: SourceConfig
+    camera: CameraConfig
+    run: _Run
+
+
+def build_sources(config: SourcesConfig) -> list[Source]:
     src = config.source
     realtime = config.run.realtime
     sources: list[Source] = []
     audio_from_video = src.video is not None and not src.no_audio and src.mic is None \
         and src.audio is None
-    if src.video is not None:
+    if src.video is not None and is_recording(src.video):  # a folder from live --record
+        sources.append(RecordingSource(src.video, realtime=realtime,
+                                       use_audio=audio_from_video))
+    elif src.video is not None:
         sources.append(MediaFileSource(src.video, realtime=realtime, use_video=True,
                                        use_audio=audio_from_video,
                                        audio_optional=audio_from_video))

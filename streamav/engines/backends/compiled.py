@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from streamav.engines.base import EngineSpec, StepEngine
-from streamav.errors import InputError, MissingDependencyError
+from streamav.engines.base import StepEngine
+from streamav.engines.choice import EngineChoice
+from streamav.errors import MissingDependencyError
 from streamav.model.streaming import OUTPUT_NAMES, State, StepOutputs, StreamingModel
 
 
@@ -27,9 +28,7 @@ def check_available(device: str) -> None:
 
 
 class CompiledEngine(StepEngine):
-    def __init__(self, spec: EngineSpec, model: StreamingModel) -> None:
-        if spec.precision != "fp32":
-            raise InputError("--backend compile builds fp32; use tensorrt for fp16/int8")
+    def __init__(self, spec: EngineChoice, model: StreamingModel) -> None:
         check_available(spec.device)
         super().__init__(spec, model)
         net = StreamingModel(model.cfg, model.snap_face_to_codebook)

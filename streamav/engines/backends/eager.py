@@ -5,19 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from streamav.engines.base import EngineSpec, StepEngine
-from streamav.errors import InputError
+from streamav.engines.base import StepEngine
+from streamav.engines.choice import EngineChoice
 from streamav.model.streaming import State, StepOutputs, StreamingModel
 
 
 class EagerEngine(StepEngine):
-    def __init__(self, spec: EngineSpec, model: StreamingModel) -> None:
-        if spec.precision == "int8":
-            raise InputError("eager runs fp32 or fp16; int8 is for --backend tensorrt")
-        super().__init__(spec, model)
+    def __init__(self, spec: EngineChoice, model: StreamingModel) -> None:
+        super().__init__(spec, model)  # the precisions eager runs: EngineChoice checked them
         self.dtype = torch.float16 if spec.precision == "fp16" else torch.float32
-        if self.dtype == torch.float16 and spec.device == "cpu":
-            raise InputError("eager fp16 runs on CUDA only (CPU half matmuls are slow); use fp32")
         # A copy on the engine's device: the caller's model stays where it is.
         self.net = StreamingModel(model.cfg, model.snap_face_to_codebook)
         self.net.load_state_dict(model.state_dict())

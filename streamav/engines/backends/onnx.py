@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from streamav.engines.backends.onnx_numpy import import_ort, session_options
-from streamav.engines.base import EngineSpec, StepEngine
+from streamav.engines.base import StepEngine
+from streamav.engines.choice import EngineChoice
 from streamav.errors import InputError, MissingDependencyError
 from streamav.model.streaming import (EXPORT_INPUT_NAMES, OUTPUT_NAMES, State, StepOutputs,
                                       StreamingModel)
@@ -38,10 +39,8 @@ def providers_for(device: str) -> list[str]:
 
 
 class OnnxEngine(StepEngine):
-    def __init__(self, spec: EngineSpec, model: StreamingModel, onnx_path: Path,
+    def __init__(self, spec: EngineChoice, model: StreamingModel, onnx_path: Path,
                  threads: int | None = None, spinning: bool = False) -> None:
-        if spec.precision not in ("fp32", "int8"):
-            raise InputError("--backend onnx builds fp32 or int8 engines; fp16 is for tensorrt")
         super().__init__(spec, model)
         ort = import_ort()
         options = session_options(threads, spinning)

@@ -68,12 +68,13 @@ from typing import TYPE_CHECKING, Any, Collection
 import torch
 from torch import Tensor
 
-from streamav.engines.base import EngineSpec, StepEngine
+from streamav.engines.base import StepEngine
+from streamav.engines.choice import EngineChoice
 from streamav.errors import DeviceError, InputError, MissingDependencyError
 from streamav.model.streaming import OUTPUT_NAMES, STATE_NAMES, State, StepOutputs, StreamingModel
 
 if TYPE_CHECKING:
-    from streamav.engines.calibration import CalibrationFrames, CalibrationSet
+    from streamav.engines.inputs import Calibration, CalibrationFrames
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,8 @@ def quantize_int8(model: StreamingModel, frames: "CalibrationFrames",
     return net.eval()
 
 
-def build_tensorrt(model: StreamingModel, spec: EngineSpec, path: Path,
-                   calibration_set: "CalibrationSet | None" = None,
+def build_tensorrt(model: StreamingModel, spec: EngineChoice, path: Path,
+                   calibration_set: "Calibration | None" = None,
                    cache_root: Path | None = None) -> Path:
     """Compile the step for `spec` with torch-tensorrt and save it (ExportedProgram) at `path`."""
     from streamav.engines.export import export_step
@@ -277,7 +278,7 @@ def build_tensorrt(model: StreamingModel, spec: EngineSpec, path: Path,
 class TensorRTEngine(StepEngine):
     """The saved TensorRT program of the step, run on CUDA (under CUDA graphs by default)."""
 
-    def __init__(self, spec: EngineSpec, model: StreamingModel, path: Path,
+    def __init__(self, spec: EngineChoice, model: StreamingModel, path: Path,
                  cuda_graphs: bool = True) -> None:
         check_available(spec.device)
         super().__init__(spec, model)
