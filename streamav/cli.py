@@ -97,6 +97,8 @@ LIVE_EXAMPLES = """Examples:
   streamav live --camera 1 --mic USB --no-preview --duration 60
   streamav live --video talk.mp4 --no-realtime --csv talk.csv
   streamav live --video talk.mp4 --write-video seen.mp4 --stats-json s.json
+  streamav live --record session1 --lsl   record the run; emotion on LSL
+  streamav live --no-realtime --video session1   rerun a recording, frame by frame
 
 On a terminal a status line shows fps, latency, the face and the emotion while it runs; \
 the last line sums the run up (frames, fps, engine, top emotions). More: README, \
@@ -154,6 +156,14 @@ def live(
     save_features: Optional[Path] = typer.Option(
         None, help="Write every frame's face crop and spectrum here (.npz), as the corpus cache "
                    "stores them."),
+    record: Optional[Path] = typer.Option(
+        None, help="Record the run into this new folder: the frames (lossless MP4), the audio "
+                   "(WAV), every message (msgpack log) and a manifest; replay it with "
+                   "streamav replay, rerun it with --video FOLDER (docs/live.md)."),
+    lsl: bool = typer.Option(
+        False, "--lsl", help="Stream the emotion on Lab Streaming Layer: an Emotion stream "
+                             "(one channel per class) and a Markers stream (emotion changes); "
+                             "needs pip install 'streamav[lsl]'."),
     model: Optional[Path] = typer.Option(
         None, help="Model folder (streamav train). (default: the model shipped in the package)"),
     no_model: bool = typer.Option(False, "--no-model", help="Front end only, no MDVAE."),
@@ -186,6 +196,7 @@ def live(
         "run.save_features": str(save_features) if save_features else None,
         "run.csv": str(csv) if csv else None,
         "run.write_video": str(write_video) if write_video else None,
+        "run.record": str(record) if record else None, "run.lsl": True if lsl else None,
         "model.folder": str(model) if model else None, "model.noise": noise,
         "model.enabled": False if no_model else None,
         "model.backend": backend, "model.device": device, "model.profile": profile,
@@ -212,6 +223,72 @@ def final_line(final: dict, stop_reason: str, emotion: str | None) -> str:
             + (f"; model on {final['model_engine']}" if final.get("model_engine") else "")
             + (f"; {emotion}" if emotion else "")
             + f"; stopped: {stop_reason}")
+
+
+REPLAY_EXAMPLES = """Examples:
+
+  streamav replay session1                       as recorded, on tcp://127.0.0.1:5555
+  streamav replay session1 --speed 2 --wait-subscriber 10
+  streamav replay session1 --no-realtime --publish tcp://127.0.0.1:6000
+
+Each message is sent again byte for byte (topic, envelope with the recorded stream id, seq \
+and times, buffers). To run the model again on the recorded frames and audio instead: \
+streamav live --no-realtime --video session1. More: docs/live.md."""
+
+
+@app.command(epilog=REPLAY_EXAMPLES)
+def replay(
+    folder: Path = typer.Argument(..., help="A recording (streamav live --record FOLDER)."),
+    publish: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint to publish on."),
+    speed: float = typer.Option(1.0, help="Playback speed: 2 sends twice as fast."),
+    realtime: bool = typer.Option(
+        True, "--realtime/--no-realtime",
+        help="Keep the recorded timing, or send everything as fast as the socket takes it. "
+             "(default: --realtime)"),
+    wait_subscriber: float = typer.Option(
+        0.0, help="Wait up to this many seconds for a first subscriber before sending. "
+                  "(default: 0, start at once)"),
+    curve_secret_key: Optional[Path] = typer.Option(
+        None, help="CURVE secret key file, required for a non-loopback --publish."),
+) -> None:
+    """Publish a recording's messages again, with their original timing."""
+    from streamav.wire.protocol import endpoint_problem
+
+    problem = endpoint_problem(publish)
+    if problem:
+        raise InputError(f"--publish {publish!r}: {problem}")
+    if not (math.isfinite(speed) and speed > 0):
+        raise InputError(f"--speed must be a positive number, got {speed}")
+    if not (math.isfinite(wait_subscriber) and wait_subscriber >= 0):
+        raise InputError(f"--wait-subscriber must be >= 0 seconds, got {wait_subscriber}")
+    if curve_secret_key is not None and not curve_secret_key.is_file():
+        raise InputError(f"--curve-secret-key {curve_secret_key}: no such file")
+    import signal
+    import threading
+
+    from streamav.replay import replay as run_replay
+    from streamav.stop_signals import STOP_SIGNALS
+
+    stop = threading.Event()  # SIGINT, SIGTERM, SIGHUP: stop sending, close, print the summary
+    previous = {}
+
+    def on_signal(signum, _frame) -> None:
+        stop.set()
+
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, on_signal)
+    try:
+        summary = run_replay(folder, publish, speed=speed, realtime=realtime,
+                             wait_subscriber_s=wait_subscriber,
+                             curve_secret_key_file=curve_secret_key, stop=stop)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    typer.echo(f"streamav: replayed {summary.sent} messages of stream {summary.stream_id} in "
+               f"{summary.elapsed_s:.1f} s (recorded over {summary.span_s:.1f} s), "
+               f"{summary.dropped} dropped; stopped: {summary.stop_reason}", err=True)
 
 
 @app.command()

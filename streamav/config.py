@@ -10,7 +10,7 @@
     [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir,
                profile
     [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
-               save_features, csv, write_video
+               save_features, csv, write_video, record, lsl
 
 `load_config(path, overrides)` reads the file (every key optional), applies the flags that were
 given (a dict of "section.key" → value, None meaning "not given") and validates the result: every
@@ -96,6 +96,8 @@ class RunConfig:
     save_features: str | None = None  # .npz of every frame's face crop and spectrum
     csv: str | None = None  # one row per frame: face box, emotion probabilities (run_outputs)
     write_video: str | None = None  # the preview composition of every frame (.mp4/.mkv/.mov)
+    record: str | None = None  # a new folder: input video and audio, messages, manifest
+    lsl: bool = False  # Lab Streaming Layer outlets: Emotion and Markers (the lsl extra)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ FLAGS = {
     "publish.stream_id": "--stream-id", "publish.curve_secret_key_file": "--curve-secret-key",
     "run.max_frames": "--max-frames", "run.duration_s": "--duration",
     "run.stats_json": "--stats-json", "run.save_features": "--save-features",
-    "run.csv": "--csv", "run.write_video": "--write-video",
+    "run.csv": "--csv", "run.write_video": "--write-video", "run.record": "--record",
     "model.folder": "--model", "model.noise": "--noise", "model.backend": "--backend",
     "model.device": "--device", "model.profile": "--profile",
 }
@@ -299,12 +301,12 @@ def validate(config: LiveConfig, from_flags: set[str] = frozenset()) -> None:
         raise InputError("[ring] audio_capacity_s must hold at least one spectrum window "
                          f"({spectrum.window_samples} samples)")
     _validate_endpoints(config.publish, from_flags)
-    if config.model.noise is not None:
-        from streamav.frontend.corruption import parse_corruption
     try:
         config.model.engine  # noqa: B018 - made to be checked
     except EngineChoiceError as exc:
         raise InputError(f"{_name('model.' + exc.field, from_flags)}: {exc.reason}") from None
+    if config.model.noise is not None:
+        from streamav.frontend.corruption import parse_corruption
 
         try:
             parse_corruption(config.model.noise)

@@ -132,6 +132,16 @@ def check_inputs(config: LiveConfig) -> None:
         if not profile_exists(check_name(config.model.profile)):
             raise InputError(f"--profile {config.model.profile}: no such profile "
                              "(streamav profiles list; make one with streamav calibrate)")
+    if config.run.record:
+        from streamav.recording import check_record_folder
+
+        check_record_folder(Path(config.run.record))
+    if config.run.lsl:
+        if not config.model.enabled:
+            raise InputError("--lsl streams the model's emotion: leave out --no-model")
+        from streamav.lsl_outlet import import_pylsl
+
+        import_pylsl()  # not installed: exit 2 with the install hint, before any build
 
 
 @dataclass(frozen=True)
@@ -145,8 +155,9 @@ class LiveOutcome:
 
 
 class RunOutputs:
-    """The per-frame consumers of one run: emotion tally, --csv, --write-video, the demo's
-    strip. `finish()` closes them once the run is over; `abandon()` after a failed run."""
+    """The per-frame consumers of one run: emotion tally, --csv, --write-video, --record,
+    --lsl, the demo's strip. `started()` once capture runs; `finish(summary)` closes them once
+    the run is over; `abandon()` after a failed run."""
 
     def __init__(self, config: LiveConfig, pipeline: LivePipeline, demo: bool) -> None:
         self.pipeline = pipeline
@@ -163,8 +174,31 @@ class RunOutputs:
                         if getattr(s, "video_fps", None)), config.camera.fps)
             self.video = VideoOutput(Path(config.run.write_video), self._panel_numbers,
                                      fps_hint=fps)
-        self.consumers = [c for c in (self.tally, self.strip, self.csv, self.video)
-                          if c is not None]
+        self.record = None
+        if config.run.record:
+            from streamav.recording import Recording
+
+            self.record = Recording(Path(config.run.record), config)
+            self.record.attach(pipeline)
+        self.lsl = None
+        if config.run.lsl and pipeline.model is not None:
+            from streamav.lsl_outlet import LslOutlet
+
+            self.lsl = LslOutlet(
+                getattr(pipeline.publisher, "stream_id", None) or "streamav",
+                labels=lambda: tuple(getattr(pipeline.model, "labels", ())),
+                model_engine=lambda: getattr(pipeline.model, "engine_label", None))
+        elif config.run.lsl:
+            log.warning("--lsl: no model runs, so there is no emotion to stream")
+        self.consumers = [c for c in (self.tally, self.strip, self.csv, self.video, self.record,
+                                      self.lsl) if c is not None]
+
+    def started(self) -> None:
+        """Capture runs: the recording's first manifest, the LSL outlets."""
+        if self.record is not None:
+            self.record.started()
+        if self.lsl is not None:
+            self.lsl.open()
 
     def _panel_numbers(self) -> tuple[float | None, float | None]:
         stats = self.pipeline.stats
@@ -178,10 +212,28 @@ class RunOutputs:
                     output.close(complete=False)
                 except Exception:  # noqa: BLE001 - the run's own error is the one reported
                     log.info("closing %s after a failed run:", output.path, exc_info=True)
+        if self.record is not None:
+            try:
+                self.record.abandon()
+            except Exception:  # noqa: BLE001
+                log.info("closing the recording after a failed run:", exc_info=True)
+        if self.lsl is not None:
+            self.lsl.close()
 
-    def finish(self) -> tuple[list[str], list[str]]:
+    def finish(self, summary: RunSummary | None = None) -> tuple[list[str], list[str]]:
         """(notes to print, failures `--flag path: reason`) once the run is over."""
         notes, failed = [], []
+        if self.record is not None:
+            try:
+                notes.append(self.record.close(
+                    summary.stop_reason if summary else "end of the run",
+                    summary.final_stats if summary else None))
+            except OSError as exc:
+                failed.append(f"--record {self.record.folder}: "
+                              f"{getattr(exc, 'strerror', None) or exc}")
+        if self.lsl is not None:
+            notes.append(self.lsl.note())
+            self.lsl.close()
         for flag, output, unit in (("--csv", self.csv, "rows"),
                                    ("--write-video", self.video, "frames")):
             if output is None:
@@ -228,8 +280,11 @@ def run_live(config_path: Path | None, overrides: dict[str, Any],
         recorder = FeatureRecorder(config.face.crop_size_px, config.spectrum.n_bins)
     fanout = FrameFanout([recorder])
     status: StatusLine | None = None
+    outputs: RunOutputs | None = None
 
     def started() -> None:  # capture runs: the status line from now on
+        if outputs is not None:
+            outputs.started()
         if status is not None:
             try:
                 status.start()
@@ -251,7 +306,7 @@ def run_live(config_path: Path | None, overrides: dict[str, Any],
             status.stop()
         if not finished:
             outputs.abandon()
-    notes, failed = outputs.finish()
+    notes, failed = outputs.finish(summary)
     _write_outputs(config, summary, recorder, failed)
     emotion = None if outputs.tally is None else outputs.tally.summary()
     return LiveOutcome(summary, emotion, tuple(notes))
