@@ -185,6 +185,12 @@ class RefineConfig:
     body_layers: int = 3
     up_width: int = 16  # channels brought back to 64x64
     residual_scale: float = 0.2  # the residual is residual_scale * tanh(.)
+    # An 11th candidate: a motion-adaptive temporal filter of the running means (refine.py);
+    # off in folders made before it (their head has 10 gates)
+    motion_filter: bool = False
+    motion_filter_sigma_px: float = 0.8  # blur of the means it blends
+    motion_threshold: float = 0.04  # mean |difference| of blurred means at which a pixel moves
+    motion_blur_px: float = 2.0  # spatial smoothing of that difference
 
     def validate(self) -> None:
         _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),
@@ -193,6 +199,10 @@ class RefineConfig:
         _check(self.width >= 1 and self.up_width >= 1 and self.body_layers >= 0,
                "refine width, up_width must be >= 1 and body_layers >= 0")
         _check(self.residual_scale >= 0, "refine residual_scale must be >= 0")
+        _check(self.motion_filter_sigma_px > 0 and self.motion_threshold > 0
+               and self.motion_blur_px > 0, "refine motion filter settings must be positive")
+        _check(not self.motion_filter or len(self.time_constants_s) >= 2,
+               "refine motion_filter needs two or more time constants")
 
 
 @dataclass(frozen=True)
@@ -234,14 +244,18 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
-    missing = sorted(set(names) - set(data))
+    # keys added after a folder was written take their defaults, which keep its behaviour
+    missing = sorted(set(names) - set(data) - _OPTIONAL_KEYS.get(cls.__name__, set()))
     if unknown or missing:
         raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
     kwargs = {}
     defaults = cls() if cls is not ModelConfig else None
     for name, f in names.items():
-        value = data[name]
         default = getattr(defaults, name) if defaults is not None else None
+        if name not in data:
+            kwargs[name] = default
+            continue
+        value = data[name]
         sub = _SECTIONS.get(name) if cls is ModelConfig else None
         if sub is not None:
             value = _from_dict(sub, value, f"{where}.{name}")
@@ -251,6 +265,10 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+_OPTIONAL_KEYS: dict[str, set[str]] = {
+    "RefineConfig": {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
+                     "motion_blur_px"},
+}
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
                               "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig,
                               "refine": RefineConfig}

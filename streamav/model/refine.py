@@ -66,10 +66,15 @@ class Refiner(nn.Module):
         self.register_buffer("decays", torch.tensor(decays, dtype=torch.float32),
                              persistent=False)
         self.register_buffer("blur_kernel", gaussian_kernel(cfg.blur_sigma_px), persistent=False)
+        if cfg.motion_filter:
+            self.register_buffer("motion_kernel", gaussian_kernel(cfg.motion_filter_sigma_px),
+                                 persistent=False)
+            self.register_buffer("motion_blur_kernel", gaussian_kernel(cfg.motion_blur_px)[:1],
+                                 persistent=False)
         width, up = cfg.width, cfg.up_width
         # candidates: x and the means, each also blurred, VQ-VAE face, MDVAE face; the gate
         # network reads x, the means and both decoded faces (the blurs are fixed filters of them)
-        self.n_candidates = 2 * (1 + self.n_means) + 2
+        self.n_candidates = 2 * (1 + self.n_means) + 2 + int(cfg.motion_filter)
         n_in = 3 * (3 + self.n_means)
         self.down = nn.Conv2d(n_in, width, 3, stride=2, padding=1)  # 64 → 32
         self.body = nn.Sequential(*(layer for _ in range(cfg.body_layers) for layer in
@@ -104,12 +109,34 @@ class Refiner(nn.Module):
 
     # -- the fusion -------------------------------------------------------------------------------
 
-    def blur(self, images: Tensor) -> Tensor:
-        """(N, 3 m, H, W) → each RGB image blurred (replicated borders)."""
-        pad = self.blur_kernel.shape[-1] // 2
-        kernel = self.blur_kernel.repeat(images.shape[1] // 3, 1, 1, 1)
+    def blur(self, images: Tensor, kernel: Tensor | None = None) -> Tensor:
+        """(N, k m, H, W) → each k-channel image blurred (replicated borders) by `kernel`
+        ((k, 1, s, s); default: the candidates' RGB blur)."""
+        kernel = self.blur_kernel if kernel is None else kernel
+        pad = kernel.shape[-1] // 2
+        kernel = kernel.repeat(images.shape[1] // kernel.shape[0], 1, 1, 1)
         return F.conv2d(F.pad(images, (pad,) * 4, mode="replicate"), kernel,
                         groups=images.shape[1])
+
+    def motion_filtered(self, means: Tensor) -> Tensor:
+        """(N, 3n, 64, 64) running means → (N, 3, 64, 64): per pixel, the longest-averaging
+        blurred mean that still agrees with the shortest one.
+
+        A classic motion-adaptive temporal filter: where the blurred shortest mean and a longer
+        one differ by less than `motion_threshold` (channel mean of |difference|, smoothed over
+        `motion_blur_px`) the face is still there and the longer one is used; where they differ,
+        the face moved and the shorter one is kept. Measured alone at gaussian 0.2: 29.9 dB on
+        held-out GRID faces (blur + temporal mean at its best: 29.2) and 28.2 dB on fresh
+        synthetic speakers (27.3-27.4); docs/model.md."""
+        blurred = self.blur(means, self.motion_kernel).reshape(means.shape[0], -1, 3,
+                                                               *means.shape[-2:])
+        shortest, filtered = blurred[:, 0], blurred[:, 0]
+        for k in range(1, blurred.shape[1]):  # from the shortest to the longest mean
+            difference = (blurred[:, k] - shortest).abs().mean(1, keepdim=True)
+            still = torch.clamp(1.0 - self.blur(difference, self.motion_blur_kernel)
+                                / self.cfg.motion_threshold, 0.0, 1.0)
+            filtered = still * blurred[:, k] + (1.0 - still) * filtered
+        return filtered
 
     def fuse(self, face: Tensor, means: Tensor, vq_face: Tensor, mdvae_face: Tensor) -> Tensor:
         """Each (N, 3, 64, 64) (means (N, 3n, 64, 64)) → the refined face (N, 3, 64, 64)."""
@@ -118,7 +145,8 @@ class Refiner(nn.Module):
         head = self.head(torch.cat([F.relu(hidden), inputs], 1))  # (N, K + 3, 64, 64)
         gates = torch.softmax(head[:, :self.n_candidates], dim=1)  # (N, K, 64, 64)
         sharp = torch.cat([face, means], 1)  # (N, 3 (1 + n), 64, 64)
-        candidates = torch.cat([sharp, self.blur(sharp), vq_face, mdvae_face], 1)
+        extra = [self.motion_filtered(means)] if self.cfg.motion_filter else []
+        candidates = torch.cat([sharp, self.blur(sharp), vq_face, mdvae_face, *extra], 1)
         candidates = candidates.reshape(-1, self.n_candidates, 3, *face.shape[-2:])  # (N, K, 3, H, W)
         blend = (gates[:, :, None] * candidates).sum(1)
         return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)

@@ -1,0 +1,77 @@
+"""The identity path's motion-adaptive candidate (streamav/model/refine.py) on images whose
+answer is known, and model folders written before it existed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from streamav.model.config import ModelConfig, RefineConfig, preset  # noqa: E402
+from streamav.model.refine import Refiner  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+FPS = 30.0
+
+
+def _face(seed: int) -> torch.Tensor:
+    """A smooth random image (1, 3, 64, 64) in -0.4..0.4: structure a blur keeps."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.uniform(-0.4, 0.4, (1, 3, 8, 8)).astype(np.float32))
+    return torch.nn.functional.interpolate(coarse, size=64, mode="bilinear", align_corners=False)
+
+
+def _run(refiner: Refiner, frames: list[torch.Tensor]) -> torch.Tensor:
+    state = refiner.initial_state(1)
+    for frame in frames:
+        state = refiner.advance(frame, state)
+    return refiner.motion_filtered(state.face_means)
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).mean())
+
+
+def test_a_still_face_is_averaged_over_the_long_mean():
+    refiner = Refiner(RefineConfig(motion_filter=True), FPS)
+    clean = _face(0)
+    rng = torch.Generator().manual_seed(1)
+    noisy = [clean + 0.2 * torch.randn(clean.shape, generator=rng) for _ in range(120)]
+    filtered = _run(refiner, noisy)
+    state = refiner.initial_state(1)
+    for frame in noisy:
+        state = refiner.advance(frame, state)
+    shortest = refiner.blur(state.face_means[:, :3], refiner.motion_kernel)
+    # 4 s of a still face: the filter averages far more frames than the 0.1 s mean
+    assert _mse(filtered, clean) < 0.5 * _mse(shortest, clean)
+
+
+def test_a_face_that_changed_follows_the_short_mean():
+    refiner = Refiner(RefineConfig(motion_filter=True), FPS)
+    before, after = _face(0), _face(5)
+    filtered = _run(refiner, [before] * 90 + [after] * 10)  # a cut 0.33 s ago
+    state = refiner.initial_state(1)
+    for frame in [before] * 90 + [after] * 10:
+        state = refiner.advance(frame, state)
+    longest = refiner.blur(state.face_means[:, 6:9], refiner.motion_kernel)
+    # the long mean still shows the old face; the filter has moved on to the new one
+    assert _mse(filtered, after) < 0.2 * _mse(longest, after)
+
+
+def test_the_candidate_is_an_eleventh_gate_only_when_asked():
+    assert Refiner(RefineConfig(), FPS).n_candidates == 10
+    assert Refiner(RefineConfig(motion_filter=True), FPS).n_candidates == 11
+
+
+def test_a_folder_written_before_the_motion_filter_loads_without_it():
+    data = preset("default").to_dict()
+    for key in ("motion_filter", "motion_filter_sigma_px", "motion_threshold", "motion_blur_px"):
+        del data["refine"][key]
+    cfg = ModelConfig.from_dict(json.loads(json.dumps(data)))
+    assert cfg.refine.motion_filter is False
+    with pytest.raises(ValueError, match="missing keys"):
+        del data["refine"]["blur_sigma_px"]
+        ModelConfig.from_dict(data)
