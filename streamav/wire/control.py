@@ -44,7 +44,7 @@ from streamav.wire import protocol
 from streamav.wire.auth import user_id
 from streamav.wire.limits import (CONTROL_MAX_FRAMES, CONTROL_MAX_REPLY_BYTES,
                                   CONTROL_MAX_REQUEST_BYTES, CONTROL_RCVHWM, clip, quote)
-from streamav.wire.listener import Listener
+from streamav.wire.listener import Listener, ListenerCounters
 from streamav.wire.protocol import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _pack(obj: Mapping[str, Any]) -> bytes:
     return protocol.packb(dict(obj))  # the same msgpack rules as messages (numpy, float64)
 
 
-class ControlServer:
+class ControlServer(ListenerCounters):
     """The REP side: a thread owning the socket. Use as a context manager, or start()/stop()."""
 
     BUILTIN_COMMANDS = ("ping", "version", "commands")
@@ -107,16 +107,6 @@ class ControlServer:
                 self._read_only.discard(cmd)
             else:
                 self._read_only.add(cmd)
-
-    @property
-    def socket_resets(self) -> int:
-        return self._listener.resets if self._listener is not None else 0
-
-    @property
-    def clients_refused(self) -> int:
-        """CURVE handshakes refused because the client's key is not on the allow-list."""
-        listener = self._listener
-        return listener.allow_list.denied if listener is not None and listener.allow_list else 0
 
     def commands(self) -> list[str]:
         with self._lock:

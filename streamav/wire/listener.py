@@ -29,6 +29,22 @@ log = logging.getLogger(__name__)
 _RETRY_EVERY_S = 1.0  # a socket that could not be bound again is retried this often
 
 
+class ListenerCounters:
+    """What a server on a `Listener` reports in `stats` (it sets `self._listener`)."""
+
+    _listener: "Listener | None"
+
+    @property
+    def socket_resets(self) -> int:
+        return self._listener.resets if self._listener is not None else 0
+
+    @property
+    def clients_refused(self) -> int:
+        """CURVE handshakes refused because the client's key is not on the allow-list."""
+        listener = self._listener
+        return listener.allow_list.denied if listener is not None and listener.allow_list else 0
+
+
 class Listener:
     def __init__(
         self,

@@ -48,7 +48,7 @@ from streamav.wire import protocol
 from streamav.wire.auth import user_id
 from streamav.wire.limits import (DATA_MAX_INBOUND_BYTES, DATA_MAX_INBOUND_PER_CHECK,
                                   DATA_RCVHWM, MAX_SUBSCRIPTIONS, SubscriptionLedger)
-from streamav.wire.listener import Listener
+from streamav.wire.listener import Listener, ListenerCounters
 from streamav.wire.protocol import SCHEMA_VERSION, Buffer, PackedPayload
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class _Outgoing:
     t_enqueue_ns: int
 
 
-class Publisher:
+class Publisher(ListenerCounters):
     """The PUB side of the wire. Use as a context manager, or `start()` ... `stop()`.
 
     Counters (read them from any thread): `published` (sent), `dropped_queue_full` (publish()
@@ -260,16 +260,6 @@ class Publisher:
             "queued": self._queue.qsize(),
             "socket_resets": self.socket_resets,
         }
-
-    @property
-    def socket_resets(self) -> int:
-        return self._listener.resets if self._listener is not None else 0
-
-    @property
-    def clients_refused(self) -> int:
-        """CURVE handshakes refused because the client's key is not on the allow-list."""
-        listener = self._listener
-        return listener.allow_list.denied if listener is not None and listener.allow_list else 0
 
     # ---- the publisher thread -------------------------------------------------------------------
 
