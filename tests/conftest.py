@@ -106,5 +106,8 @@ def default_sigint() -> None:
 
     A test run started in the background without job control (`cmd &` in a script) ignores
     SIGINT; children inherit that, Python then keeps it ignored, and a SIGINT sent by the test
-    is lost (the child runs to the end and exits 0)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    is lost (the child runs to the end and exits 0). The same for SIGHUP under `nohup`: streamav
+    keeps a signal ignored that it was started with ignored (nohup semantics), so the child
+    gets the default dispositions of a terminal's shell."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
