@@ -243,12 +243,12 @@ def fit_profile(estimator: EmotionEstimator, name: str, clips: Sequence[ClipFram
         return profile
     runs = [run_clip(EmotionStream(estimator, c.fps, profile), c) for c in clips]
     x, y, _ = examples(runs, labels)
-    population_accuracy = float(np.mean(estimator.logits(x).argmax(axis=1) == y))
-    profile.population_accuracy = population_accuracy
-    if population_accuracy >= PERSON_HEAD_BELOW_ACCURACY:
+    population_logits = estimator.logits(x)
+    profile.population_accuracy = float(np.mean(population_logits.argmax(axis=1) == y))
+    if profile.population_accuracy >= PERSON_HEAD_BELOW_ACCURACY:
         return profile
     t = estimator.temperatures[-1]
-    offset = estimator.logits(x) / t
+    offset = population_logits / t
     z = x / estimator.feature_scale  # the population's scale: a person's few clips have little
     onehot = np.eye(len(labels))[y]
     weights, bias = np.zeros((len(labels), x.shape[1])), np.zeros(len(labels))

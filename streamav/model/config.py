@@ -245,7 +245,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     # keys added after a folder was written take their defaults, which keep its behaviour
-    missing = sorted(set(names) - set(data) - _OPTIONAL_KEYS.get(cls.__name__, set()))
+    missing = sorted(set(names) - set(data) - _OPTIONAL_KEYS.get(cls, set()))
     if unknown or missing:
         raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
     kwargs = {}
@@ -265,8 +265,8 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
-_OPTIONAL_KEYS: dict[str, set[str]] = {
-    "RefineConfig": {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
+_OPTIONAL_KEYS: dict[type, set[str]] = {
+    RefineConfig: {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
                      "motion_blur_px"},
 }
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
