@@ -277,7 +277,7 @@ def replay(
 
     for name in STOP_SIGNALS:
         number = getattr(signal, name, None)
-        if number is not None:
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:  # nohup
             previous[number] = signal.signal(number, on_signal)
     try:
         summary = run_replay(folder, publish, speed=speed, realtime=realtime,

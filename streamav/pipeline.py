@@ -34,8 +34,7 @@ from streamav.frontend.spectrum import CausalPowerSpectrum
 from streamav.ring import AVRing, VideoFrame
 from streamav.run_stats import RunStats
 from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, Source
-from streamav.stop_signals import (STOP_SIGNALS, StopSignals, interrupts_deferred,  # noqa: F401
-                                   stop_on_signals)
+from streamav.stop_signals import interrupts_deferred
 from streamav.wire import protocol
 
 log = logging.getLogger(__name__)

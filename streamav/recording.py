@@ -48,6 +48,7 @@ from streamav import __version__
 from streamav.clock import NS_PER_S, wall_anchor
 from streamav.errors import InputError
 from streamav.outputs import check_writable_folder
+from streamav.sources.base import MODEL_SAMPLE_RATE_HZ
 from streamav.sources.recording import (AUDIO, FRAME_COLUMNS, FRAMES, MANIFEST, MESSAGES,
                                         RECORDING_FORMAT, RECORDING_VERSION, VIDEO,
                                         WAV_HEADER_BYTES, wav_header)
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 VIDEO_QUEUE_FRAMES = 8  # frames waiting for the encoder before the worker waits
 IO_QUEUE_BYTES = 64 * 1024 * 1024  # audio and messages waiting to be written, at most
 VIDEO_TIME_BASE = Fraction(1, 90_000)
-_WAV_HEADER_EVERY_SAMPLES = 16_000  # the WAV header is brought up to date about once a second
+_WAV_HEADER_EVERY_SAMPLES = MODEL_SAMPLE_RATE_HZ  # the WAV header is brought up to date about once a second
 _PACKAGES = ("numpy", "av", "onnxruntime", "mediapipe", "opencv-contrib-python", "pyzmq",
              "msgpack", "torch", "pylsl")
 
@@ -656,7 +657,7 @@ class Recording:
     def _summary(self) -> str:
         video, io = self._video, self._io
         frames = video.frames if video else 0
-        seconds = (io.samples if io else 0) / 16_000
+        seconds = (io.samples if io else 0) / MODEL_SAMPLE_RATE_HZ
         messages = io.messages if io else 0
         return f"{frames} frames, {seconds:.1f} s of audio, {messages} messages"
 
@@ -708,8 +709,8 @@ class Recording:
                       "time_base": f"1/{VIDEO_TIME_BASE.denominator}",
                       "fps_hint": video.fps_hint if video else None},
             "audio": {"samples": io.samples if io else 0,
-                      "seconds": round((io.samples if io else 0) / 16_000, 4),
-                      "sample_rate_hz": 16_000, "format": "float32 mono (IEEE float WAV)",
+                      "seconds": round((io.samples if io else 0) / MODEL_SAMPLE_RATE_HZ, 4),
+                      "sample_rate_hz": MODEL_SAMPLE_RATE_HZ, "format": "float32 mono (IEEE float WAV)",
                       "gap_samples": io.gap_samples if io else 0},
             "messages": {"logged": io.messages if io else 0,
                          "by_topic": dict(io.by_topic) if io else {},

@@ -12,7 +12,8 @@ import time
 
 from streamav.config import load_config
 from streamav.frontend.face import NOT_FOUND
-from streamav.pipeline import LivePipeline, NullPublisher, stop_on_signals
+from streamav.pipeline import LivePipeline, NullPublisher
+from streamav.stop_signals import stop_on_signals
 from streamav.sources.synthetic import SyntheticConfig, SyntheticSource
 
 

@@ -17,6 +17,7 @@ reason, so that a step left stale by retraining is never run. `scripts/export_st
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,18 @@ def read_step_manifest(folder: Path) -> dict:
     return manifest
 
 
+def _sha256(path: Path) -> str:
+    """file_sha256, remembered while the file's size and modification time stay the same (a
+    start-up checks the same 14 MB files from live's torch-free check and from the runner)."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
 def find_shipped_step(folder: Path) -> tuple[ShippedStep | None, str]:
     """The folder's step.onnx when it is intact and made from the folder's weights; else None
     and why not (one phrase, for a log line)."""
@@ -74,13 +87,13 @@ def find_shipped_step(folder: Path) -> tuple[ShippedStep | None, str]:
     path = folder / str(manifest.get("file", STEP_FILE))
     if not path.is_file():
         return None, f"{path.name} is missing"
-    if path.stat().st_size != manifest.get("bytes") or file_sha256(path) != manifest.get("sha256"):
+    if path.stat().st_size != manifest.get("bytes") or _sha256(path) != manifest.get("sha256"):
         return None, f"{path.name} does not match the size and sha256 in {STEP_MANIFEST}"
     source = manifest.get("source") or {}
     weights = folder / str(source.get("weights_file", WEIGHTS_FILE))
     if not weights.is_file():
         return None, f"no {weights.name} to check {path.name} against"
-    if file_sha256(weights) != source.get("weights_sha256"):
+    if _sha256(weights) != source.get("weights_sha256"):
         return None, (f"{path.name} was made from other weights than {weights.name} "
                       f"(stale: {REGENERATE_HINT})")
     try:

@@ -233,16 +233,18 @@ class Publisher(ListenerCounters):
             raise ValueError(f"a topic is a non-empty str, not {topic!r}")
         item = _Outgoing(topic, -1, bytes(body), tuple(bytes(b) for b in buffers),
                          int(t_capture_ns), now_ns())
-        if self._closed:
-            self.dropped_at_stop += 1
-            return False
-        try:
+        with self._enqueue_lock:  # the same counters publish() and stop() touch
+            if self._closed:
+                self.dropped_at_stop += 1
+                return False
+        try:  # not under the lock: a replay may wait here for room
             if timeout_s == 0:
                 self._queue.put_nowait(item)
             else:
                 self._queue.put(item, timeout=timeout_s)
         except queue.Full:
-            self.dropped_queue_full += 1
+            with self._enqueue_lock:
+                self.dropped_queue_full += 1
             return False
         return True
 
