@@ -201,8 +201,8 @@ class RunOutputs:
             self.lsl.open()
 
     def _panel_numbers(self) -> tuple[float | None, float | None]:
-        stats = self.pipeline.stats
-        return stats.recent_fps(), stats.latency.total["capture_to_publish"].percentile_ms(50)
+        numbers = self.pipeline.run_numbers()
+        return numbers.fps, numbers.face_latency_ms
 
     def abandon(self) -> None:
         """The run failed: stop the encoder and close what was opened, quietly."""

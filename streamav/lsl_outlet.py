@@ -143,11 +143,11 @@ class LslOutlet:
             return
         emotion = model.emotion
         stamp = self.clock.lsl_time(result.frame.t_capture_ns)
-        probs = dict(zip(emotion["labels"], emotion["probs"]))
+        probs = dict(zip(emotion.labels, emotion.probs))
         self.emotion.push_sample([float(probs.get(label, 0.0)) for label in self.labels], stamp)
         self.samples += 1
         if model.change is not None:
-            self.markers.push_sample([str(model.change["to"])], stamp)
+            self.markers.push_sample([model.change.to], stamp)
             self.changes += 1
 
     def close(self) -> None:

@@ -3,13 +3,14 @@
 `ModelStage.step(crop_rgb, spectrum, frame_seq, mesh_crop_xy)` runs the model on the aligned
 face crop (corrupted first when `--noise` asks for it) and the frame's power spectrum, and the
 emotion estimator (streamav.emotion) on the face's geometry and the voice's prosody; it returns
-the frame's `emotion`, `video.denoised` and `latent` payloads plus an `emotion.change` payload
-when the smoothed label changes (never while the estimate is `uncertain`). Frames without a
-face are not stepped: the state is held until the face is back; a face lost for longer than
-the estimator's `person_lost_s` is taken as a new person (the model's state and the person's
-emotion baseline are reset), as are `reset()` calls (source_back, the control socket).
-Non-finite values anywhere in the step are caught by the runner's guard (counted, the state
-reset) and nothing is published for that frame.
+the frame's `emotion`, `video.denoised` and `latent` messages (streamav.wire.messages, at full
+precision: the wire rounds) plus an `emotion.change` message when the smoothed label changes
+(never while the estimate is `uncertain`). Frames without a face are not stepped: the state is
+held until the face is back; a face lost for longer than the estimator's `person_lost_s` is
+taken as a new person (the model's state and the person's emotion baseline are reset), as are
+`reset()` calls (source_back, the control socket). Non-finite values anywhere in the step are
+caught by the runner's guard (counted, the state reset) and nothing is published for that
+frame.
 
 The step runs through `streamav.model_runner`: on the engine asked for when PyTorch is
 installed, else on the model folder's shipped step.onnx with ONNX Runtime alone (no torch).
@@ -34,6 +35,7 @@ from streamav.engines.choice import EngineChoice
 from streamav.engines.inputs import EngineInputs
 from streamav.model.inputs import SPECTRUM_BINS, face_to_model
 from streamav.model_runner import StepRunner, check_choice_here, open_runner
+from streamav.wire.messages import Emotion, EmotionChange, Latent, VideoDenoised
 
 __all__ = ["ModelMessages", "ModelStage", "default_model_folder"]
 
@@ -49,13 +51,13 @@ def step_head_reading(probs: np.ndarray, labels: tuple[str, ...],
 
 @dataclass(frozen=True)
 class ModelMessages:
-    """What one stepped frame publishes (payloads without the envelope)."""
+    """What one stepped frame publishes (typed messages, full precision: the wire rounds)."""
 
-    emotion: dict
-    denoised: dict
+    emotion: Emotion
+    denoised: VideoDenoised
     denoised_rgb: np.ndarray  # (64, 64, 3) uint8, the raw buffer of `video.denoised`
-    latent: dict
-    change: dict | None
+    latent: Latent
+    change: EmotionChange | None
     noisy_rgb: np.ndarray  # the crop the model saw (corrupted when --noise is on)
 
 
@@ -169,18 +171,24 @@ class ModelStage:
         change = None if reading.uncertain else self._detector.step(probs)
         baseline_s = float("inf") if self._emotion is None else self._emotion.baseline_age_s
         return ModelMessages(
-            emotion={"labels": list(self.labels), "probs": probs.round(5).tolist(),
-                     "top": reading.top, "confidence": round(reading.confidence, 5),
-                     "uncertain": reading.uncertain,
-                     "baseline_s": None if baseline_s == float("inf") else round(baseline_s, 2),
-                     "profile": self.profile_name, "frame_seq": frame_seq},
-            denoised={"width": 64, "height": 64, "format": "rgb24", "frame_seq": frame_seq},
+            emotion=Emotion(labels=tuple(map(str, self.labels)), probs=_floats(probs),
+                            top=str(reading.top), confidence=float(reading.confidence),
+                            uncertain=bool(reading.uncertain),
+                            baseline_s=None if baseline_s == float("inf") else float(baseline_s),
+                            profile=self.profile_name, frame_seq=frame_seq),
+            denoised=VideoDenoised(width=denoised_rgb.shape[1], height=denoised_rgb.shape[0],
+                                   format="rgb24", frame_seq=frame_seq),
             denoised_rgb=denoised_rgb,
-            latent={"w": out["w_mean"][0].tolist(), "w_var": out["w_var"][0].tolist(),
-                    "z_av": out["z_av"][0].tolist(), "z_a": out["z_a"][0].tolist(),
-                    "z_v": out["z_v"][0].tolist(), "frame_seq": frame_seq},
-            change=None if change is None else {
-                "from": change.previous, "to": change.label,
-                "confidence": round(change.confidence, 5), "frame_seq": frame_seq},
+            latent=Latent(w=_floats(out["w_mean"][0]), w_var=_floats(out["w_var"][0]),
+                          z_av=_floats(out["z_av"][0]), z_a=_floats(out["z_a"][0]),
+                          z_v=_floats(out["z_v"][0]), frame_seq=frame_seq),
+            change=None if change is None else EmotionChange(
+                from_=None if change.previous is None else str(change.previous),
+                to=str(change.label), confidence=float(change.confidence),
+                frame_seq=frame_seq),
             noisy_rgb=seen,
         )
+
+
+def _floats(array: np.ndarray) -> tuple[float, ...]:
+    return tuple(np.asarray(array, np.float64).ravel().tolist())

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
+from msgspec import UNSET
 
 from streamav.clock import NS_PER_S, now_ns, wall_anchor
 from streamav.config import LiveConfig
@@ -33,9 +34,12 @@ from streamav.model_stage import ModelMessages
 from streamav.frontend.spectrum import CausalPowerSpectrum
 from streamav.ring import AVRing, VideoFrame
 from streamav.run_stats import RunStats
+from streamav.run_view import FrameView, RunNumbers
 from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, Source
 from streamav.stop_signals import interrupts_deferred
 from streamav.wire import protocol
+from streamav.wire.messages import (Anchor, Face, ProfileLoad, ProfileLoadReply, Reset,
+                                    ResetReply, Stats, Status, TopicMessage)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class FaceStage(Protocol):
 
 class PublisherLike(Protocol):
     def start(self) -> None: ...
-    def publish(self, topic: str, payload: dict, t_capture_ns: int, buffers=()) -> bool: ...
+    def publish(self, message: TopicMessage, t_capture_ns: int, buffers=()) -> bool: ...
     def stop(self, timeout_s: float = 2.0) -> None: ...
 
 
@@ -63,7 +67,7 @@ class NullPublisher:
     def start(self) -> None:
         """Nothing to bind."""
 
-    def publish(self, topic: str, payload: dict, t_capture_ns: int, buffers=()) -> bool:
+    def publish(self, message: TopicMessage, t_capture_ns: int, buffers=()) -> bool:
         return True
 
     def stop(self, timeout_s: float = 2.0) -> None:
@@ -84,6 +88,17 @@ class FrameResult:
     # audio. `--record` keeps it so that a rerun gives the frame the same window.
     audio_end: int | None = None
 
+    def view(self) -> FrameView:
+        """What the preview and --write-video show of this frame."""
+        model = self.model
+        return FrameView(
+            seq=self.frame.seq, image_bgr=self.frame.image_bgr, face_found=bool(self.face.found),
+            box_xywh=self.face.box_xywh,
+            crop_rgb=model.noisy_rgb if model is not None else self.face.crop_rgb,
+            denoised_rgb=None if model is None else model.denoised_rgb,
+            audio_level_dbfs=self.audio_level_dbfs,
+            emotion=None if model is None else model.emotion)
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -96,7 +111,7 @@ class LivePipeline:
 
     def __init__(self, config: LiveConfig, sources: list[Source], face: FaceStage,
                  publisher: PublisherLike, preview=None, control=None, model=None,
-                 on_stats: Callable[[dict], None] | None = None,
+                 on_stats: Callable[[Stats], None] | None = None,
                  on_frame: Callable[[FrameResult], None] | None = None,
                  on_started: Callable[[], None] | None = None) -> None:
         self.config = config
@@ -107,7 +122,7 @@ class LivePipeline:
         self.preview = preview
         self.control = control
         self.model = model  # ModelStage or None (front end only)
-        self.on_stats = on_stats  # called with every stats payload (e.g. a console line)
+        self.on_stats = on_stats  # called with every `stats` message (e.g. a console line)
         self.on_frame = on_frame  # called by the worker with every FrameResult, in order
         self.on_started = on_started  # called on the main thread once capture has started
         # called with (first sample index, samples) for every audio block the ring stores, in
@@ -148,24 +163,24 @@ class LivePipeline:
     def _register_commands(self, control) -> None:
         """`reset`: a new person (model state and emotion baseline); `profile.load` {name}
         (null: none): switch the calibration profile. Both take effect at the next frame."""
-        def reset(_request: dict) -> dict:
+        def reset(_request: Reset) -> ResetReply:
             self._model_reset.set()
-            return {}
+            return ResetReply()
 
-        def profile_load(request: dict) -> dict:
+        def profile_load(request: ProfileLoad) -> ProfileLoadReply:
             if self.model is None:
                 raise ValueError("no model is running")
-            name = request.get("name")
+            name = request.name
             if name is not None:
                 from streamav.emotion.profiles import profile_exists
 
-                if not profile_exists(str(name)):
+                if not profile_exists(name):
                     raise ValueError(f"no profile named {name!r} (streamav profiles list)")
-            self._profile_requests.put(None if name is None else str(name))
-            return {"profile": name}
+            self._profile_requests.put(name)
+            return ProfileLoadReply(profile=name)
 
-        control.register("reset", reset)
-        control.register("profile.load", profile_load)
+        control.register(Reset, reset)
+        control.register(ProfileLoad, profile_load)
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -176,6 +191,20 @@ class LivePipeline:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set() or self._signalled is not None
+
+    # -- what a display reads (streamav.run_view.RunView) ----------------------------------
+
+    def newest_frame(self) -> FrameView | None:
+        latest = self.latest
+        return None if latest is None else latest.view()
+
+    def run_numbers(self) -> RunNumbers:
+        total = self.stats.latency.total
+        return RunNumbers(
+            elapsed_s=(now_ns() - self.stats.t_start_ns) / NS_PER_S, fps=self.stats.recent_fps(),
+            face_latency_ms=total["capture_to_publish"].percentile_ms(50),
+            emotion_latency_ms=total["capture_to_emotion"].percentile_ms(50),
+            model_running=self.model is not None)
 
     def on_stop_signal(self, reason: str) -> bool:
         """Called by a signal handler (main thread, between two bytecodes): only record it.
@@ -365,7 +394,7 @@ class LivePipeline:
         t0 = now_ns()
         face = self.face.step(frame.image_bgr)
         record("face", now_ns() - t0)
-        self.publisher.publish(protocol.TOPIC_FACE, face_payload(face, frame), frame.t_capture_ns)
+        self.publisher.publish(face_message(face, frame), frame.t_capture_ns)
         messages = None
         if self.model is not None and face.found:
             t0 = now_ns()
@@ -397,12 +426,11 @@ class LivePipeline:
 
     def _publish_model(self, messages: ModelMessages, t_capture_ns: int) -> None:
         publish = self.publisher.publish
-        publish(protocol.TOPIC_EMOTION, messages.emotion, t_capture_ns)
+        publish(messages.emotion, t_capture_ns)
         if messages.change is not None:
-            publish(protocol.TOPIC_EMOTION_CHANGE, messages.change, t_capture_ns)
-        publish(protocol.TOPIC_VIDEO_DENOISED, messages.denoised, t_capture_ns,
-                [messages.denoised_rgb])
-        publish(protocol.TOPIC_LATENT, messages.latent, t_capture_ns)
+            publish(messages.change, t_capture_ns)
+        publish(messages.denoised, t_capture_ns, [messages.denoised_rgb])
+        publish(messages.latent, t_capture_ns)
 
     def _on_source_status(self, state: str, reason: str) -> None:
         log.warning("%s: %s", state.replace("_", " "), reason)
@@ -411,17 +439,18 @@ class LivePipeline:
         self._publish_status(state, reason)
 
     def _publish_status(self, state: str, reason: str) -> None:
-        payload = {"state": state, "reason": reason, "anchor": wall_anchor()}
-        self.publisher.publish(protocol.TOPIC_STATUS, payload, now_ns())
+        message = Status(state=state, reason=reason, anchor=Anchor(**wall_anchor()))
+        self.publisher.publish(message, now_ns())
 
     def _send_stats(self, final: bool) -> dict:
-        payload = self._stats_payload(final)
-        self.publisher.publish(protocol.TOPIC_STATS, payload, now_ns())
+        """Publish a `stats` message (and hand it to `on_stats`); its fields as a dict."""
+        stats = self._stats_payload(final)
+        self.publisher.publish(stats, now_ns())
         if self.on_stats is not None:
-            self.on_stats(payload)
-        return payload
+            self.on_stats(stats)
+        return stats.to_dict()
 
-    def _stats_payload(self, final: bool) -> dict:
+    def _stats_payload(self, final: bool) -> Stats:
         counters = getattr(self.publisher, "dropped_queue_full", 0) + getattr(
             self.publisher, "dropped_send", 0)
         return self.stats.payload(
@@ -436,14 +465,13 @@ class LivePipeline:
         )
 
 
-def face_payload(face: FaceResult, frame: VideoFrame) -> dict:
-    """The `face` message's fields (docs/protocol.md)."""
-    payload: dict = {"found": bool(face.found), "frame_seq": frame.seq,
-                     "pts": frame.pts_s,
-                     "image_size": [int(frame.image_bgr.shape[1]), int(frame.image_bgr.shape[0])]}
-    if face.found and face.box_xywh is not None:
-        payload["box"] = [float(v) for v in face.box_xywh]
-        payload["landmarks"] = np.asarray(face.landmarks_xy, dtype=np.float64).round(2).tolist()
-    else:
-        payload["box"] = None
-    return payload
+def face_message(face: FaceResult, frame: VideoFrame) -> Face:
+    """The frame's `face` message (full precision: the wire rounds)."""
+    found = bool(face.found)
+    boxed = found and face.box_xywh is not None
+    return Face(
+        found=found, frame_seq=frame.seq, pts=frame.pts_s,
+        image_size=(int(frame.image_bgr.shape[1]), int(frame.image_bgr.shape[0])),
+        box=tuple(float(v) for v in face.box_xywh) if boxed else None,
+        landmarks=tuple((float(x), float(y)) for x, y in np.asarray(face.landmarks_xy))
+        if boxed else UNSET)

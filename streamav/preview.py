@@ -1,8 +1,10 @@
 """The preview window: the frame, the face box, the 64x64 crop, the denoised face, an audio
 meter, the emotion bars, fps and latency.
 
-`render_preview` composes one image (a pure function, tested headless); `PreviewWindow` shows it
-in an OpenCV window on the main thread until the run ends or the user presses `q` (or Esc);
+`render_preview` composes one image (a pure function, tested headless); `compose` makes it of a
+`FrameView` (streamav/run_view.py: one processed frame, its `emotion` message typed as on the
+wire); `PreviewWindow` shows it in an OpenCV window on the main thread, reading the run through
+the narrow `RunView` interface, until the run ends or the user presses `q` (or Esc);
 `live --write-video` encodes the same image for every frame (streamav/run_outputs.py).
 `display_available` decides whether a window can be opened at all.
 """
@@ -16,6 +18,9 @@ import threading
 
 import cv2
 import numpy as np
+
+from streamav.run_view import FrameView, RunView
+from streamav.wire.messages import Emotion
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +43,15 @@ def display_available() -> tuple[bool, str]:
     return True, ""
 
 
-def emotion_line(emotion: dict) -> str:
+def emotion_line(emotion: Emotion) -> str:
     """The preview's emotion text (the panel fits ~18 characters): the top class and its
     probability, or `unsure: <top>`, or `learning face` in a person's first seconds."""
-    if not emotion.get("uncertain"):
-        return f"{emotion['top']} {emotion['confidence']:.2f}"
-    seen_s = emotion.get("baseline_s")
+    if not emotion.uncertain:
+        return f"{emotion.top} {emotion.confidence:.2f}"
+    seen_s = emotion.baseline_s
     if seen_s is not None and seen_s < 3.0:
         return f"learning face {seen_s:.0f}s"
-    return f"unsure: {emotion['top']}"
+    return f"unsure: {emotion.top}"
 
 
 def render_preview(image_bgr: np.ndarray, box_xywh=None, crop_rgb: np.ndarray | None = None,
@@ -97,18 +102,15 @@ def _draw_bars(canvas: np.ndarray, x0: int, y0: int, labels, probs) -> None:
             cv2.rectangle(canvas, (x0 + 52, y + 1), (x0 + 52 + fill, y + 10), color, -1)
 
 
-def compose_result(result, fps: float | None, latency_ms: float | None,
-                   hint: str | None = "q: quit") -> np.ndarray:
-    """`render_preview` of one pipeline FrameResult (the window and --write-video)."""
-    model = result.model
-    emotion = None if model is None else model.emotion
+def compose(frame: FrameView, fps: float | None, latency_ms: float | None,
+            hint: str | None = "q: quit") -> np.ndarray:
+    """`render_preview` of one processed frame (the window and --write-video)."""
+    emotion = frame.emotion
     return render_preview(
-        result.frame.image_bgr, result.face.box_xywh,
-        model.noisy_rgb if model is not None else result.face.crop_rgb,
-        result.audio_level_dbfs, fps, latency_ms,
-        denoised_rgb=None if model is None else model.denoised_rgb,
+        frame.image_bgr, frame.box_xywh, frame.crop_rgb, frame.audio_level_dbfs, fps,
+        latency_ms, denoised_rgb=frame.denoised_rgb,
         emotion=None if emotion is None else emotion_line(emotion),
-        emotion_probs=None if emotion is None else (emotion["labels"], emotion["probs"]),
+        emotion_probs=None if emotion is None else (emotion.labels, emotion.probs),
         hint=hint)
 
 
@@ -124,25 +126,24 @@ def _draw_meter(canvas: np.ndarray, x0: int, y0: int, level_dbfs: float | None) 
 
 
 class PreviewWindow:
-    """Shows the pipeline's newest result in an OpenCV window until the run ends or `q`."""
+    """Shows the run's newest frame in an OpenCV window until the run ends or `q`."""
 
     def __init__(self, title: str = "streamav") -> None:
         self.title = title
 
-    def run(self, pipeline, worker: threading.Thread) -> None:
+    def run(self, view: RunView, worker: threading.Thread) -> None:
+        """Main thread: show `view`'s frames while `worker` runs and no stop was asked."""
         shown_seq = -1
         try:
-            while worker.is_alive() and not pipeline.stopping:
-                latest = pipeline.latest
-                if latest is not None and latest.frame.seq != shown_seq:
-                    shown_seq = latest.frame.seq
-                    stats = pipeline.stats.latency.total["capture_to_publish"]
-                    image = compose_result(latest, pipeline.stats.recent_fps(),
-                                           stats.percentile_ms(50))
-                    cv2.imshow(self.title, image)
+            while worker.is_alive() and not view.stopping:
+                frame = view.newest_frame()
+                if frame is not None and frame.seq != shown_seq:
+                    shown_seq = frame.seq
+                    numbers = view.run_numbers()
+                    cv2.imshow(self.title, compose(frame, numbers.fps, numbers.face_latency_ms))
                 key = cv2.waitKey(15) & 0xFF
                 if key in (ord("q"), 27):
-                    pipeline.request_stop("quit from the preview")
+                    view.request_stop("quit from the preview")
         except cv2.error as exc:
             log.warning("preview window failed (%s); running headless", exc)
         finally:

@@ -95,14 +95,14 @@ class EmotionTally:
             if not result.face.found:
                 self.faceless_seconds.add(second)
             return
-        emotion = result.model.emotion
+        emotion = result.model.emotion  # streamav.wire.messages.Emotion
         self.frames_read += 1
-        self.top[emotion["top"]] += 1
-        self.per_second.setdefault(second, Counter())[emotion["top"]] += 1
-        if emotion.get("uncertain"):
+        self.top[emotion.top] += 1
+        self.per_second.setdefault(second, Counter())[emotion.top] += 1
+        if emotion.uncertain:
             self.uncertain += 1
             self.uncertain_per_second[second] += 1
-        baseline = emotion.get("baseline_s")
+        baseline = emotion.baseline_s
         self.max_baseline_s = max(self.max_baseline_s,
                                   float("inf") if baseline is None else float(baseline))
 
@@ -190,10 +190,9 @@ class CsvOutput:
                 row += [""] * (len(self.labels) + len(CSV_BACK))
             else:
                 emotion = model.emotion
-                probs = dict(zip(emotion["labels"], emotion["probs"]))
+                probs = dict(zip(emotion.labels, emotion.probs))
                 row += [_number(probs.get(label), 5) for label in self.labels]
-                row += [emotion["top"], _number(emotion["confidence"], 5),
-                        int(bool(emotion["uncertain"]))]
+                row += [emotion.top, _number(emotion.confidence, 5), int(emotion.uncertain)]
         self._writer.writerow(row)
         self.rows += 1
         if self.rows % 30 == 0:
@@ -294,9 +293,9 @@ class VideoOutput:
         import av
         import cv2
 
-        from streamav.preview import compose_result
+        from streamav.preview import compose
 
-        image = compose_result(result, fps, latency_ms, hint=None)
+        image = compose(result.view(), fps, latency_ms, hint=None)
         if self._size is None:
             height, width = image.shape[:2]
             self._size = (width + width % 2, height + height % 2)  # yuv420p: even sizes

@@ -20,6 +20,7 @@ from collections import deque
 
 from streamav.clock import NS_PER_S, now_ns
 from streamav.latency import LatencyHistogram, StageLatencies
+from streamav.wire.messages import Percentiles, Stats
 
 # capture_to_publish: capture → the frame's `face` message sent; capture_to_emotion: capture →
 # its `emotion` message sent (the model's result; frames with a face and a model only).
@@ -69,7 +70,7 @@ class RunStats:
 
     def payload(self, *, final: bool, dropped_frames: int, audio_overflows: int,
                 nonfinite_frames: int, model_engine: str | None = None,
-                audio_samples_lost: int, publish_dropped: int, has_audio: bool = True) -> dict:
+                audio_samples_lost: int, publish_dropped: int, has_audio: bool = True) -> Stats:
         """The `stats` message: this window's numbers, or the whole run's when `final`."""
         t_now = now_ns()
         with self._lock:
@@ -84,23 +85,24 @@ class RunStats:
         else:
             latency = self.latency.window_summary_ms(reset=True)
             skew = self.skew_window
-        payload = {
-            "final": final,
-            "fps": frames / (elapsed_ns / NS_PER_S) if elapsed_ns > 0 else 0.0,
-            "frames": self.frames,
-            "faces_found": self.faces_found,
-            "dropped_frames": dropped_frames,
-            "audio_overflows": audio_overflows,
-            "audio_samples_lost": audio_samples_lost,
-            "has_audio": has_audio,
-            "publish_dropped": publish_dropped,
-            "nonfinite_frames": nonfinite_frames,
-            "model_engine": model_engine,
-            "av_skew_ms": skew.percentile_ms(50),
-            "av_skew_p99_ms": skew.percentile_ms(99),
-            "latency_ms": latency,
-            "elapsed_s": (t_now - self.t_start_ns) / NS_PER_S,
-        }
+        payload = Stats(
+            final=final,
+            fps=frames / (elapsed_ns / NS_PER_S) if elapsed_ns > 0 else 0.0,
+            frames=self.frames,
+            faces_found=self.faces_found,
+            dropped_frames=dropped_frames,
+            audio_overflows=audio_overflows,
+            audio_samples_lost=audio_samples_lost,
+            has_audio=has_audio,
+            publish_dropped=publish_dropped,
+            nonfinite_frames=nonfinite_frames,
+            model_engine=model_engine,
+            av_skew_ms=skew.percentile_ms(50),
+            av_skew_p99_ms=skew.percentile_ms(99),
+            latency_ms={stage: Percentiles(p50=p["p50"], p99=p["p99"])
+                        for stage, p in latency.items()},
+            elapsed_s=(t_now - self.t_start_ns) / NS_PER_S,
+        )
         if not final:
             skew.reset()
         return payload

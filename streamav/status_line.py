@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from streamav.clock import NS_PER_S, now_ns
+from streamav.run_view import RunView
+from streamav.wire.messages import Emotion, Stats
 
 REFRESH_PER_S = 4
 
@@ -36,68 +37,67 @@ def wanted(stream=None) -> bool:
         return False
 
 
-def emotion_text(emotion: dict | None) -> str:
+def emotion_text(emotion: Emotion | None) -> str:
     if emotion is None:
         return ""
-    if not emotion.get("uncertain"):
-        return f"{emotion['top']} {emotion['confidence']:.2f}"
-    seen_s = emotion.get("baseline_s")
+    if not emotion.uncertain:
+        return f"{emotion.top} {emotion.confidence:.2f}"
+    seen_s = emotion.baseline_s
     if seen_s is not None and seen_s < 3.0:
         return f"learning face {seen_s:.0f}s"
-    return f"uncertain ({emotion['top']} {emotion['confidence']:.2f})"
+    return f"uncertain ({emotion.top} {emotion.confidence:.2f})"
 
 
-def status_text(pipeline, last_stats: dict | None) -> Text:
-    """One line from the pipeline's newest frame and stats window (cut to the terminal's
-    width, never wrapped)."""
-    stats = pipeline.stats
-    elapsed_s = (now_ns() - stats.t_start_ns) / NS_PER_S
-    fps = stats.recent_fps()
+def status_text(view: RunView, last_stats: Stats | None) -> Text:
+    """One line from the run's newest frame and stats window (cut to the terminal's width,
+    never wrapped)."""
+    numbers = view.run_numbers()
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append("● ", style="green")
-    line.append(f"{elapsed_s:5.1f} s  ")
+    line.append(f"{numbers.elapsed_s:5.1f} s  ")
+    fps = numbers.fps
     line.append(f"{fps:4.1f} fps" if fps is not None else "-- fps", style="bold")
-    stage = "capture_to_emotion" if pipeline.model is not None else "capture_to_publish"
+    stage = "capture_to_emotion" if numbers.model_running else "capture_to_publish"
     latency = None
     if last_stats is not None:  # the last second
-        latency = last_stats["latency_ms"].get(stage, {}).get("p50")
+        percentiles = last_stats.latency_ms.get(stage)
+        latency = None if percentiles is None else percentiles.p50
     if latency is None:  # the first second: the run so far
-        latency = stats.latency.total[stage].percentile_ms(50)
+        latency = numbers.emotion_latency_ms if numbers.model_running else numbers.face_latency_ms
     line.append("  latency " + (f"{latency:.1f} ms" if latency is not None else "--"))
-    latest = pipeline.latest
-    if latest is None:
+    frame = view.newest_frame()
+    if frame is None:
         return line
-    if latest.face.found:
+    if frame.face_found:
         line.append("  face ✓", style="green")
     else:
         line.append("  no face", style="yellow")
-    if latest.model is not None:
-        emotion = latest.model.emotion
-        line.append("  " + emotion_text(emotion),
-                    style="dim" if emotion.get("uncertain") else "bold cyan")
+    if frame.emotion is not None:
+        line.append("  " + emotion_text(frame.emotion),
+                    style="dim" if frame.emotion.uncertain else "bold cyan")
     return line
 
 
 class StatusLine:
     """`start()` once capture runs, `stop()` when the run is over (both idempotent)."""
 
-    def __init__(self, pipeline, console: Console | None = None) -> None:
-        self.pipeline = pipeline
+    def __init__(self, view: RunView, console: Console | None = None) -> None:
+        self.view = view
         self.console = console or Console(stderr=True)
-        self.last_stats: dict | None = None
+        self.last_stats: Stats | None = None
         self._live: Live | None = None
         self._handlers: list[tuple[logging.StreamHandler, object]] = []
 
-    def on_stats(self, stats: dict) -> None:
+    def on_stats(self, stats: Stats) -> None:
         """The pipeline's `on_stats`: keep the newest window for its latency."""
-        if not stats["final"]:
+        if not stats.final:
             self.last_stats = stats
 
     def start(self) -> None:
         if self._live is not None:
             return
         original = sys.stderr
-        self._live = Live(get_renderable=lambda: status_text(self.pipeline, self.last_stats),
+        self._live = Live(get_renderable=lambda: status_text(self.view, self.last_stats),
                           console=self.console, refresh_per_second=REFRESH_PER_S,
                           transient=True, redirect_stdout=False, redirect_stderr=True)
         self._live.start()

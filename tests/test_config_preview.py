@@ -91,11 +91,18 @@ def test_render_preview_draws_one_bar_per_emotion_the_top_one_green():
 
 def test_preview_emotion_line_says_when_it_is_uncertain():
     from streamav.preview import emotion_line
+    from streamav.wire.messages import Emotion
 
-    certain = {"top": "happy", "confidence": 0.81, "uncertain": False, "baseline_s": 12.0}
+    def emotion(top: str, confidence: float, uncertain: bool, baseline_s: float | None):
+        labels = ("happy", "sad", "disgusted")
+        probs = tuple(confidence if label == top else 0.0 for label in labels)
+        return Emotion(labels=labels, probs=probs, top=top, confidence=confidence,
+                       uncertain=uncertain, baseline_s=baseline_s, profile=None, frame_seq=0)
+
+    certain = emotion("happy", 0.81, False, 12.0)
     assert emotion_line(certain) == "happy 0.81"
-    young = {"top": "sad", "confidence": 0.14, "uncertain": True, "baseline_s": 1.2}
+    young = emotion("sad", 0.14, True, 1.2)
     assert emotion_line(young) == "learning face 1s"
-    later = {"top": "disgusted", "confidence": 0.41, "uncertain": True, "baseline_s": None}
+    later = emotion("disgusted", 0.41, True, None)
     assert emotion_line(later) == "unsure: disgusted"
     assert max(len(emotion_line(e)) for e in (certain, young, later)) <= 18  # the panel's width

@@ -24,13 +24,16 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("streamav", "streamav.errors", "streamav.clock", "streamav.host",
                     "streamav.latency", "streamav.outputs", "streamav.stop_signals",
                     "streamav.data.*", "streamav.corpus.labels")},
-    # 1: the leaves: capture, front end, messages, the model, and the run's small parts
+    # 1: the leaves: capture, front end, messages (their types too), the model, the AV ring
     {"sources": ("streamav.sources.*",), "frontend": ("streamav.frontend.*",),
      "wire": ("streamav.wire.*",), "model": ("streamav.model.*",),
-     "ring": ("streamav.ring",), "run_stats": ("streamav.run_stats",),
-     "status_line": ("streamav.status_line",), "preview": ("streamav.preview",)},
-    # 2: the model step on every backend; the emotion estimator
-    {"engines": ("streamav.engines.*",), "emotion": ("streamav.emotion.*",)},
+     "ring": ("streamav.ring",)},
+    # 2: the model step on every backend; the emotion estimator; the run's small parts, which
+    #    build or read the typed messages: its stats, and what a person sees of it (the narrow
+    #    view of a run, the preview, the status line)
+    {"engines": ("streamav.engines.*",), "emotion": ("streamav.emotion.*",),
+     "run_stats": ("streamav.run_stats",),
+     "display": ("streamav.run_view", "streamav.preview", "streamav.status_line")},
     # 3: the run's config (composed of the leaves' sections and the engine choice); the step
     #    behind one numpy interface
     {"config": ("streamav.config",), "model_runner": ("streamav.model_runner",)},

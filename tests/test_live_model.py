@@ -87,6 +87,13 @@ def test_live_publishes_every_model_topic(model_folder, endpoint):
     final = [m for m in by_topic["stats"] if m.payload["final"]][0].payload
     assert final["latency_ms"]["model"]["p50"] > 0 and final["nonfinite_frames"] == 0
     assert final["model_engine"] == "onnx/cpu/fp32/b1"  # auto on a CPU
+    # every message decoded as its topic's type (decode() raised otherwise), rounded on the wire
+    from streamav.wire.messages import TOPIC_TYPES
+
+    assert all(type(m.body) is TOPIC_TYPES[topic] for topic, got in by_topic.items() for m in got)
+    assert all(p == round(p, 5) for p in emotion["probs"]) and len(set(emotion["probs"])) > 1
+    landmarks = [xy for m in by_topic["face"] if m.payload["found"] for xy in m.payload["landmarks"]]
+    assert landmarks and all(v == round(v, 2) for xy in landmarks for v in xy)
 
 
 def test_live_on_onnx_publishes_what_eager_does(model_folder):

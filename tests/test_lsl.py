@@ -38,9 +38,14 @@ def _resolve(source_id: str, kind: str, timeout_s: float = 30.0):
 
 
 def _result(probs, t_ns: int, change: str | None = None):
-    emotion = {"labels": list(LABELS), "probs": list(probs)}
-    model = SimpleNamespace(emotion=emotion,
-                            change=None if change is None else {"to": change, "from": "angry"})
+    from streamav.wire.messages import Emotion, EmotionChange
+
+    top = int(np.argmax(probs))
+    emotion = Emotion(labels=tuple(LABELS), probs=tuple(float(p) for p in probs),
+                      top=LABELS[top], confidence=float(probs[top]), uncertain=False,
+                      baseline_s=None, profile=None, frame_seq=0)
+    model = SimpleNamespace(emotion=emotion, change=None if change is None else EmotionChange(
+        from_="angry", to=change, confidence=0.8, frame_seq=0))
     return SimpleNamespace(model=model, frame=SimpleNamespace(t_capture_ns=t_ns))
 
 
@@ -125,7 +130,8 @@ def test_live_lsl_streams_the_runs_emotion(tmp_path):
     for sample, stamp in received:
         t_capture = min(emotions, key=lambda t: abs(t - (stamp - offset)))
         assert abs(t_capture - (stamp - offset)) < 1e-3
-        assert np.allclose(sample, emotions[t_capture]["probs"], atol=1e-6)
+        # the wire rounds probabilities to 5 decimals; LSL carries them unrounded (float32)
+        assert np.allclose(sample, emotions[t_capture]["probs"], atol=6e-6)
 
 
 def test_without_pylsl_live_lsl_is_one_line_with_the_install_hint():

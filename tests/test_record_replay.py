@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 
 from conftest import cli_env, default_sigint, free_tcp_port, streamav_command
+from streamav.wire import messages
+import wire_samples
 
 STREAMAV = streamav_command()
 PER_FRAME_TOPICS = ("face", "emotion", "emotion.change", "latent", "video.denoised")
@@ -369,7 +371,6 @@ class _Disk:
 
 def _feed(recording, frames: int, seed: int = 0) -> tuple[list, np.ndarray]:
     """Frames, audio and messages as a run hands them in."""
-    from streamav.wire import protocol
 
     rng = np.random.default_rng(seed)
     images, audio = [], []
@@ -382,9 +383,10 @@ def _feed(recording, frames: int, seed: int = 0) -> tuple[list, np.ndarray]:
         frame = SimpleNamespace(image_bgr=image, seq=i, t_capture_ns=t_ns, t_media_ns=t_ns,
                                 pts_s=i / 30)
         recording(SimpleNamespace(frame=frame, audio_end=(i + 1) * 533))
-        body = protocol.packb({"schema": 1, "stream": "s", "seq": i, "t_capture": t_ns / 1e9,
-                               "t_publish": t_ns / 1e9, "found": False})
-        recording.message([b"face", body], t_ns)
+        envelope = messages.Envelope(schema=1, stream="s", seq=i, t_capture=t_ns / 1e9,
+                                     t_publish=t_ns / 1e9)
+        recording.message(messages.encode_frames(wire_samples.face(i, found=False), envelope),
+                          t_ns)
         images.append(image)
         audio.append(block)
     return images, np.concatenate(audio)
@@ -458,18 +460,19 @@ def test_recording_refuses_a_folder_in_use_and_the_rerun_a_folder_that_is_none(t
 
 
 def test_a_log_cut_short_reads_to_its_last_whole_record(tmp_path):
-    from streamav.wire import msglog, protocol
+    from streamav.wire import msglog
 
     path = tmp_path / "messages.msgpack"
-    body = protocol.packb({"schema": 1, "stream": "x", "seq": 0, "found": True})
+    video = messages.VideoDenoised(width=5, height=5, frame_seq=7)
+    frames = messages.encode_frames(video, wire_samples.envelope(stream="x"), [b"\x00" * 75])
     data = msglog.header_bytes("x", {"t_monotonic": 1.0, "t_wall": 2.0})
-    data += b"".join(msglog.record_bytes([b"face", body, b"\x00" * 100], t) for t in range(5))
+    data += b"".join(msglog.record_bytes(frames, t) for t in range(5))
     path.write_bytes(data[:-30])
     with msglog.LogReader(path) as reader:
         records = list(reader)
         assert len(records) == 4 and reader.trailing_bytes > 0
-    assert records[3].frames() == [b"face", body, b"\x00" * 100]
-    assert records[3].message().payload["found"] is True
+    assert records[3].frames() == frames
+    assert records[3].message().body == video
 
 
 def test_the_publisher_hands_the_log_what_subscribers_receive():
@@ -485,11 +488,11 @@ def test_the_publisher_hands_the_log_what_subscribers_receive():
         while publisher.subscriptions_seen == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert publisher.subscriptions_seen > 0
-        publisher.publish("face", {"found": True}, 123, [b"abc"])
+        publisher.publish(messages.VideoDenoised(width=1, height=1, frame_seq=0), 123, [b"abc"])
         received = subscriber.recv(timeout_s=10)
-        publisher.publish_raw("face", logged[0][0][1], [b"abc"])
+        publisher.publish_raw("video.denoised", logged[0][0][1], [b"abc"])
         again = subscriber.recv(timeout_s=10)
     assert received is not None and again is not None
-    assert logged[0][0] == [b"face", logged[0][0][1], b"abc"]
+    assert logged[0][0] == [b"video.denoised", logged[0][0][1], b"abc"]
     assert received.payload == again.payload and again.buffers == (b"abc",)
     assert received.payload["t_publish"] == pytest.approx(logged[0][1] / 1e9)

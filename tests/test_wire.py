@@ -22,12 +22,13 @@ import zmq.auth
 import streamav
 from streamav.clock import now_ns, ns_to_s
 from streamav.errors import EndpointError
-from streamav.wire import protocol
+from streamav.wire import messages, protocol
 from streamav.wire.control import ControlServer, request
 from streamav.wire.protocol import SCHEMA_VERSION, Message, decode, encode
 from streamav.wire.publisher import Publisher
 from conftest import free_tcp_port
 from streamav.wire.subscriber import Subscriber, subscribe_to_jsonl
+import wire_samples
 
 SYNC = "sync"
 DEADLINE_S = 10.0
@@ -45,7 +46,7 @@ def wait_connected(pub: Publisher, sub: Subscriber) -> None:
     """Publish `sync` until the subscriber receives one (the connection and subscription are up)."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
-        pub.publish(SYNC, {}, now_ns())
+        pub.publish_map(SYNC, {}, now_ns())
         message = sub.recv(timeout_s=0.02)
         if message is not None:
             return
@@ -75,16 +76,18 @@ def wait_until(condition, timeout_s: float = 30.0) -> None:
 
 def test_encode_decode_round_trip_converts_numpy_and_writes_float64() -> None:
     frame = np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)
+    envelope = wire_samples.envelope().to_dict()
     payload = {"p": np.array([0.25, 0.75], dtype=np.float32), "c": np.float32(0.5), "n": np.int64(3),
                "label": "happy", "found": np.bool_(True), "box": (1, 2, 3, 4)}
-    frames = encode("emotion", payload, [frame])
-    assert frames[0] == b"emotion"
+    frames = encode("ext.custom", {**envelope, **payload}, [frame])
+    assert frames[0] == b"ext.custom"
     assert b"\xca" not in frames[1]  # no msgpack float32 anywhere
     message = decode(frames)
-    assert message.topic == "emotion"
-    assert message.payload == {"p": [0.25, 0.75], "c": 0.5, "n": 3, "label": "happy", "found": True,
-                               "box": [1, 2, 3, 4]}
+    assert message.topic == "ext.custom"
+    assert message.payload == {**envelope, "p": [0.25, 0.75], "c": 0.5, "n": 3, "label": "happy",
+                               "found": True, "box": [1, 2, 3, 4]}
     assert message.buffers == (frame.tobytes(),)
+    assert message.body is None  # not a topic of the protocol: no type
 
 
 def test_encode_rejects_what_msgpack_cannot_write() -> None:
@@ -118,13 +121,28 @@ def test_loopback_policy(endpoint: str, loopback: bool) -> None:
 
 def test_publish_drops_and_counts_when_the_queue_is_full() -> None:
     pub = Publisher(f"tcp://127.0.0.1:{free_tcp_port()}", queue_size=4)  # not started: nothing drains
-    results = [pub.publish("emotion", {"i": i}, now_ns()) for i in range(6)]
+    results = [pub.publish(wire_samples.emotion(i), now_ns()) for i in range(3)]
+    results += [pub.publish_map("tick", {"i": i}, now_ns()) for i in range(3)]
     assert results == [True] * 4 + [False] * 2
     assert pub.dropped_queue_full == 2
     with pytest.raises(ValueError, match="reserved"):
-        pub.publish("emotion", {"seq": 1}, now_ns())
+        pub.publish_map("tick", {"seq": 1}, now_ns())
     with pytest.raises(TypeError):
-        pub.publish("emotion", {"x": object()}, now_ns())
+        pub.publish_map("tick", {"x": object()}, now_ns())
+    with pytest.raises(ValueError, match="protocol topic.*messages.Emotion"):
+        pub.publish_map("emotion", {"top": "happy"}, now_ns())  # the protocol's topics are typed
+    with pytest.raises(TypeError, match="publish_map"):
+        pub.publish("emotion", {"top": "happy"}, now_ns())  # type: ignore[arg-type]
+    video, pixels = wire_samples.denoised()
+    with pytest.raises(ValueError, match="raw buffer"):
+        pub.publish(video, now_ns())  # video.denoised without its pixels
+    with pytest.raises(ValueError, match="12288 bytes, not 3"):
+        pub.publish(video, now_ns(), [b"abc"])
+    with pytest.raises(ValueError, match="not a valid message.*probs"):
+        pub.publish(messages.Emotion(labels=("a",), probs=("x",), top="a", confidence=1.0,
+                                     uncertain=False, baseline_s=None, profile=None,
+                                     frame_seq=0), now_ns())
+    assert pub.dropped_queue_full == 2  # what raised was never queued
     pub.stop()
     assert pub.dropped_at_stop == 4
 
@@ -138,10 +156,11 @@ def test_round_trip_with_raw_buffer_and_envelope(publisher: Publisher, endpoint:
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
         t_capture_ns = [now_ns() for _ in frames]
+        sent = [wire_samples.emotion(i) for i in range(3)]
         for i, (frame, t_ns) in enumerate(zip(frames, t_capture_ns)):
-            assert publisher.publish("video.denoised", {"width": 64, "height": 64, "format": "rgb24", "frame_seq": i}, t_ns, [frame])
+            assert publisher.publish(messages.VideoDenoised(width=64, height=64, frame_seq=i), t_ns, [frame])
             frame[:] = 0  # the caller may reuse its array at once: publish() copied it
-            assert publisher.publish("emotion", {"label": "happy", "confidence": np.float32(0.9)}, t_ns)
+            assert publisher.publish(sent[i], t_ns)
 
         received = {"video.denoised": [], "emotion": []}
         while len(received["video.denoised"]) < 3 or len(received["emotion"]) < 3:
@@ -155,15 +174,21 @@ def test_round_trip_with_raw_buffer_and_envelope(publisher: Publisher, endpoint:
             image = np.frombuffer(message.buffers[0], dtype=np.uint8).reshape(message.payload["height"], message.payload["width"], 3)
             assert np.array_equal(image, expected)
             assert message.payload["frame_seq"] == i
-        for topic, messages in received.items():
-            assert [m.seq for m in messages] == [0, 1, 2]  # per topic, from 0
-            for message, t_ns in zip(messages, t_capture_ns):
+            assert message.body == messages.VideoDenoised(width=64, height=64, format="rgb24", frame_seq=i)
+        for topic, got in received.items():
+            assert [m.seq for m in got] == [0, 1, 2]  # per topic, from 0
+            for message, t_ns in zip(got, t_capture_ns):
                 assert message.schema == SCHEMA_VERSION
                 assert message.stream == "test-stream"
                 assert isinstance(message.t_capture_s, float)
                 assert message.t_capture_s == ns_to_s(t_ns)
                 assert message.t_capture_s <= message.t_publish_s <= ns_to_s(now_ns())
-        assert received["emotion"][0].payload["confidence"] == pytest.approx(0.9)
+        # rounded on the wire (5 decimals), and only there: the message sent keeps full precision
+        body = received["emotion"][0].body
+        assert isinstance(body, messages.Emotion)
+        assert body.confidence == 0.61235 and sent[0].confidence == 0.6123456789
+        assert body.probs == (0.12922, 0.61235, 0.12922, 0.12922)
+        assert body.baseline_s == 12.35 and body.labels == wire_samples.LABELS
         assert sub.dropped == 0
     assert publisher.published >= 6
     assert publisher.latency.count == publisher.published
@@ -174,7 +199,7 @@ def test_on_sent_hook_sees_every_sent_message(endpoint: str) -> None:
     pub = Publisher(endpoint)
     pub.on_sent = lambda *args: sent.append(args)
     t_capture_ns = now_ns()
-    pub.publish("emotion", {}, t_capture_ns)
+    pub.publish(wire_samples.emotion(), t_capture_ns)
     pub.start()
     pub.stop()
     assert len(sent) == 1
@@ -194,7 +219,7 @@ def test_slow_subscriber_does_not_block_the_publisher_and_sees_the_drops(endpoin
 
             def produce() -> None:
                 for i in range(n):
-                    pub.publish("bulk", {"i": i}, now_ns(), [blob])
+                    pub.publish_map("bulk", {"i": i}, now_ns(), [blob])
 
             producer = threading.Thread(target=produce)
             producer.start()
@@ -222,7 +247,7 @@ def test_late_joiner_receives_from_then_on_without_counting_drops(publisher: Pub
 
     def tick() -> None:
         while running.is_set():
-            publisher.publish("tick", {}, now_ns())
+            publisher.publish_map("tick", {}, now_ns())
             time.sleep(0.001)
 
     ticker = threading.Thread(target=tick)
@@ -245,9 +270,9 @@ def test_stop_sends_what_is_still_queued(endpoint: str) -> None:
     with Subscriber(endpoint, topics=("last", SYNC)) as sub:
         wait_connected(pub, sub)
         for i in range(100):
-            pub.publish("last", {"i": i}, now_ns())
+            pub.publish_map("last", {"i": i}, now_ns())
         pub.stop()
-        assert pub.publish("last", {}, now_ns()) is False
+        assert pub.publish_map("last", {}, now_ns()) is False
         seqs = [recv_topic(sub, "last", timeout_s=2.0).seq for _ in range(100)]
     assert seqs == list(range(100))
     assert pub.dropped == 1  # the one published after stop
@@ -280,12 +305,12 @@ def test_curve_round_trip(tmp_path, endpoint: str) -> None:
     with Publisher(endpoint, curve_secret_key_file=secret_file, curve_client_keys="any") as pub:
         with Subscriber(endpoint, topics=("emotion", SYNC), curve_server_public_key_file=public_file) as sub:
             wait_connected(pub, sub)
-            pub.publish("emotion", {"label": "sad"}, now_ns())
-            assert recv_topic(sub, "emotion").payload["label"] == "sad"
+            pub.publish(wire_samples.emotion(top="sad"), now_ns())
+            assert recv_topic(sub, "emotion").body.top == "sad"
         # A plain (non-CURVE) subscriber gets nothing.
         with Subscriber(endpoint, topics=SYNC) as plain:
             for _ in range(10):
-                pub.publish(SYNC, {}, now_ns())
+                pub.publish_map(SYNC, {}, now_ns())
             assert plain.recv(timeout_s=0.3) is None
 
 
@@ -298,13 +323,13 @@ def test_subscribe_to_jsonl_prints_json_lines(publisher: Publisher, endpoint: st
     printed: list[int] = []
     worker = threading.Thread(
         target=lambda: printed.append(
-            subscribe_to_jsonl(endpoint, ["face"], 3, out, timeout_s=DEADLINE_S, buffers_base64=buffers_base64)
+            subscribe_to_jsonl(endpoint, ["ext.face"], 3, out, timeout_s=DEADLINE_S, buffers_base64=buffers_base64)
         )
     )
     worker.start()
     i = 0
     while worker.is_alive():  # publish until the subscriber has what it wants (slow joiner)
-        publisher.publish("face", {"found": True, "box": [1, 2, 3, 4], "score": float("nan")}, now_ns(), [b"abc"])
+        publisher.publish_map("ext.face", {"found": True, "box": [1, 2, 3, 4], "score": float("nan")}, now_ns(), [b"abc"])
         i += 1
         time.sleep(0.005)
     worker.join()
@@ -312,7 +337,7 @@ def test_subscribe_to_jsonl_prints_json_lines(publisher: Publisher, endpoint: st
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 3
     for line in lines:
-        assert line["topic"] == "face"
+        assert line["topic"] == "ext.face"
         assert line["found"] is True and line["box"] == [1, 2, 3, 4]
         assert line["score"] is None  # NaN is not JSON
         assert {"schema", "stream", "seq", "t_capture", "t_publish"} <= line.keys()

@@ -23,6 +23,7 @@ from streamav.wire.control import ControlServer, request
 from streamav.wire.keys import make_keys
 from streamav.wire.publisher import Publisher
 from streamav.wire.subscriber import Subscriber
+import wire_samples
 
 STREAMAV = streamav_command()
 NOTHING_S = 1.5  # how long a refused client is watched for a message
@@ -46,7 +47,7 @@ def keys(tmp_path) -> Path:
 def keep_publishing(publisher: Publisher, stop: threading.Event) -> threading.Thread:
     def run() -> None:
         while not stop.is_set():
-            publisher.publish("emotion", {"top": "happy"}, now_ns())
+            publisher.publish(wire_samples.emotion(top="happy"), now_ns())
             stop.wait(0.01)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -113,7 +114,7 @@ def test_allowed_client_receives_and_one_not_on_the_list_gets_nothing(keys: Path
         try:
             with client(endpoint, keys, "alice") as alice:
                 message = alice.recv(timeout_s=10)
-                assert message is not None and message.payload["top"] == "happy"
+                assert message is not None and message.body.top == "happy"
             for name in ("mallory", None):  # a key pair of her own; a fresh pair per socket
                 with client(endpoint, keys, name) as refused:
                     assert refused.recv(timeout_s=NOTHING_S) is None, name

@@ -28,6 +28,7 @@ from streamav.wire.control import ControlServer, request
 from streamav.wire.limits import SubscriptionLedger, quote
 from streamav.wire.publisher import Publisher
 from streamav.wire.subscriber import Subscriber
+import wire_samples
 from wire_attacks import (frame, oversize_frame, peak_rss_bytes, reset_peak_rss, rss_bytes,
                           subscription_bomb, zmtp_connect)
 
@@ -88,11 +89,13 @@ class Stream:
 
     def _produce(self) -> None:
         image = np.zeros((64, 64, 3), np.uint8)
+        face = wire_samples.face()
+        video, _ = wire_samples.denoised()
         next_tick = time.monotonic()
         while not self._stop.is_set():
             t = now_ns()
-            ok = self.publisher.publish("face", {"found": True, "box": [1, 2, 3, 4]}, t)
-            ok &= self.publisher.publish("video.denoised", {"width": 64, "height": 64}, t, [image])
+            ok = self.publisher.publish(face, t)
+            ok &= self.publisher.publish(video, t, [image])
             self.refused += not ok
             self.ticks.append(time.monotonic())
             next_tick += 1 / FPS

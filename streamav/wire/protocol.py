@@ -6,9 +6,12 @@ A message is a ZeroMQ multipart message:
 
 The map holds the envelope fields (`ENVELOPE_FIELDS`) and the topic's own fields. Raw buffers
 carry bulk binary data (a video frame) without copying it through msgpack. docs/protocol.md is
-the reference for people writing subscribers; this module is its implementation.
+the reference for people writing subscribers; this module is its implementation, and
+streamav/wire/messages.py holds the protocol's topics as types (one frozen msgspec Struct each).
 
-Encoding rules (the same for every producer):
+Encoding: the protocol's topics are sent as their types (`pack_message`: rounded and validated
+there). A topic of a program's own (an extension, a test's `sync`) may send a plain map
+(`pack_payload`, `encode`), by the same rules:
 
 - Keys of the map (and of maps inside it) are `str`. Floats are written as msgpack float64, never float32.
 - numpy values inside a payload are converted, not rejected: numpy scalars become Python
@@ -16,6 +19,9 @@ Encoding rules (the same for every producer):
   float64 lists). Bulk arrays (images) belong in raw buffers instead.
 - Anything msgpack cannot write (sets, datetimes, complex numbers, ...) raises `TypeError` naming
   the offending type, in the caller's thread, before anything is sent.
+
+Decoding (`decode`) validates the envelope and, for a known topic, its fields; everything that
+is not a message of this schema raises `DecodeError` (a ValueError), and nothing else does.
 """
 
 from __future__ import annotations
@@ -28,34 +34,22 @@ from typing import Any, Union
 from urllib.parse import urlsplit
 
 import msgpack
+import msgspec
 import numpy as np
 import zmq
 import zmq.auth
 
 from streamav.errors import EndpointError
+from streamav.wire.messages import (SCHEMA_VERSION, TOPIC_EMOTION, TOPIC_EMOTION_CHANGE,  # noqa: F401
+                                    TOPIC_FACE, TOPIC_LATENT, TOPIC_STATS, TOPIC_STATUS,
+                                    TOPIC_VIDEO_DENOISED, TOPIC_TYPES, TOPICS, DecodeError,
+                                    Envelope, TopicMessage, decode_body, decode_envelope,
+                                    decode_map, encode_body, encode_envelope, map_header,
+                                    split_map)
 
-SCHEMA_VERSION = 1
-
-# Topics. Subscribers match by prefix: subscribing to "emotion" also delivers "emotion.change".
-TOPIC_EMOTION = "emotion"
-TOPIC_EMOTION_CHANGE = "emotion.change"
-TOPIC_FACE = "face"
-TOPIC_VIDEO_DENOISED = "video.denoised"
-TOPIC_LATENT = "latent"
-TOPIC_STATS = "stats"
-TOPIC_STATUS = "status"
-TOPICS = (
-    TOPIC_EMOTION,
-    TOPIC_EMOTION_CHANGE,
-    TOPIC_FACE,
-    TOPIC_VIDEO_DENOISED,
-    TOPIC_LATENT,
-    TOPIC_STATS,
-    TOPIC_STATUS,
-)
-
+# The schema version and the topics live with the topics' types (streamav/wire/messages.py).
 # Fields every message carries, written by the publisher thread (see docs/protocol.md).
-ENVELOPE_FIELDS = ("schema", "stream", "seq", "t_capture", "t_publish")
+ENVELOPE_FIELDS = tuple(f.encode_name for f in msgspec.structs.fields(Envelope))
 # Names a payload may not use: the envelope, plus the two keys `streamav subscribe` adds to a line.
 RESERVED_FIELDS = frozenset(ENVELOPE_FIELDS) | {"topic", "buffers"}
 
@@ -65,11 +59,15 @@ Frame = Union[bytes, memoryview]
 
 @dataclass(frozen=True)
 class Message:
-    """One received message: its topic, its whole map (envelope included), its raw buffers."""
+    """One received message: its topic, its whole map (envelope included, unknown fields
+    too), its raw buffers, and its typed message (`body`)."""
 
     topic: str
     payload: dict[str, Any]
     buffers: tuple[bytes, ...] = ()
+    # The topic's typed message (streamav.wire.messages: Face, Emotion, ...); None for a topic
+    # this version does not know.
+    body: TopicMessage | None = None
 
     @property
     def schema(self) -> int | None:
@@ -158,15 +156,16 @@ def pack_payload(payload: Mapping[str, Any]) -> PackedPayload:
     return PackedPayload(n_fields=len(payload), body=b"".join(parts))
 
 
-def pack_map(envelope: Mapping[str, Any], payload: PackedPayload) -> bytes:
+def pack_message(message: TopicMessage) -> PackedPayload:
+    """Serialize a typed message's fields (rounded, validated: streamav.wire.messages)."""
+    n_fields, body = split_map(encode_body(message))
+    return PackedPayload(n_fields=n_fields, body=body)
+
+
+def pack_map(envelope: Envelope, payload: PackedPayload) -> bytes:
     """The message's msgpack map: the envelope fields first, then the pre-packed payload."""
-    packer = _packer()
-    parts = [packer.pack_map_header(len(envelope) + payload.n_fields)]
-    for key, value in envelope.items():
-        parts.append(packer.pack(key))
-        parts.append(packer.pack(value))
-    parts.append(payload.body)
-    return b"".join(parts)
+    n_envelope, entries = encode_envelope(envelope)
+    return map_header(n_envelope + payload.n_fields) + entries + payload.body
 
 
 def buffer_to_bytes(buffer: Buffer) -> bytes:
@@ -197,24 +196,30 @@ def encode(topic: str, payload: Mapping[str, Any], buffers: Iterable[Buffer] = (
 
 
 def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
-    """Parse received multipart frames into a `Message`. Raises ValueError if they are not one.
+    """Parse received multipart frames into a `Message`, its body typed for a known topic.
 
-    Accepts bytes, memoryviews or pyzmq `Frame` objects (anything with the buffer protocol).
+    Raises `DecodeError` (a ValueError), and nothing else, when they are not a streamav
+    message of this schema: fewer than 2 frames, a topic that is not UTF-8, a map that is not
+    msgpack or whose keys are not str, an envelope missing or of another schema, a known
+    topic's fields invalid or its raw buffers not the ones it describes. Accepts bytes,
+    memoryviews or pyzmq `Frame` objects (anything with the buffer protocol).
     """
     if len(frames) < 2:
-        raise ValueError(f"a streamav message has at least 2 frames (topic, map), got {len(frames)}")
-    raw = [f.bytes if hasattr(f, "bytes") else bytes(f) for f in frames]
+        raise DecodeError(f"a streamav message has at least 2 frames (topic, map), got {len(frames)}")
+    try:
+        raw = [f.bytes if hasattr(f, "bytes") else bytes(f) for f in frames]
+    except TypeError as exc:
+        raise DecodeError(f"a frame is not bytes: {exc}") from None
     try:
         topic = raw[0].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"topic frame is not utf-8: {raw[0][:40]!r}") from exc
-    try:
-        payload = msgpack.unpackb(raw[1], raw=False, strict_map_key=False)  # lenient in what we read
-    except Exception as exc:  # msgpack raises several unrelated types (ExtraData, ValueError, ...)
-        raise ValueError(f"message map for topic {topic!r} is not valid msgpack: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise ValueError(f"message body for topic {topic!r} is a {type(payload).__name__}, not a map")
-    return Message(topic=topic, payload=payload, buffers=tuple(raw[2:]))
+    except UnicodeDecodeError:
+        raise DecodeError(f"topic frame is not utf-8: {raw[0][:40]!r}") from None
+    what = f"message map for topic {topic[:40]!r}"
+    payload = decode_map(raw[1], what)
+    decode_envelope(payload, topic[:40])
+    buffers = tuple(raw[2:])
+    body = decode_body(topic, payload, buffers)
+    return Message(topic=topic, payload=payload, buffers=buffers, body=body)
 
 
 # ---- Transport policy: which endpoints need CURVE; bind and connect with clear errors ---------

@@ -1,8 +1,9 @@
 """The publisher: takes results from the worker without ever blocking it, and sends them on a PUB socket.
 
-`publish()` (any thread; in production the worker) serializes the payload, copies the raw
-buffers, reserves the topic's next `seq` and puts the message on a bounded queue with
-`put_nowait`; a full queue drops the message and counts it. One publisher thread owns the socket:
+`publish()` (any thread; in production the worker) encodes a typed message (one of
+streamav/wire/messages.py's; `publish_map()`: a plain map on a topic of a program's own),
+copies the raw buffers, reserves the topic's next `seq` and puts the message on a bounded
+queue with `put_nowait`; a full queue drops the message and counts it. One publisher thread owns the socket:
 it takes messages off the queue, writes the envelope (`schema`, `stream`, `seq`, `t_capture`,
 `t_publish`) and sends with `zmq.NOBLOCK`.
 
@@ -49,6 +50,7 @@ from streamav.wire.auth import user_id
 from streamav.wire.limits import (DATA_MAX_INBOUND_BYTES, DATA_MAX_INBOUND_PER_CHECK,
                                   DATA_RCVHWM, MAX_SUBSCRIPTIONS, SubscriptionLedger)
 from streamav.wire.listener import Listener, ListenerCounters
+from streamav.wire.messages import Envelope, TopicMessage
 from streamav.wire.protocol import SCHEMA_VERSION, Buffer, PackedPayload
 
 log = logging.getLogger(__name__)
@@ -192,24 +194,41 @@ class Publisher(ListenerCounters):
 
     # ---- the caller's side ----------------------------------------------------------------------
 
-    def publish(
-        self,
-        topic: str,
-        payload: Mapping[str, Any],
-        t_capture_ns: int,
-        buffers: Iterable[Buffer] = (),
-    ) -> bool:
-        """Queue one message; never blocks. Returns False if it was dropped (queue full, stopped).
+    def publish(self, message: TopicMessage, t_capture_ns: int,
+                buffers: Iterable[Buffer] = ()) -> bool:
+        """Queue one typed message (streamav.wire.messages: Face, Emotion, ...) on its topic;
+        never blocks. Returns False if it was dropped (queue full, stopped).
 
         `t_capture_ns` is the monotonic capture time (`streamav.clock.now_ns()`) of the data the
-        result derives from. `buffers` are copied here, so the caller may reuse its arrays at
-        once; `payload` is serialized here too, so an unencodable value raises TypeError (and a
-        reserved field name ValueError) in the caller's thread.
+        result derives from. `buffers` (the raw buffers the message describes, e.g.
+        `video.denoised`'s pixels) are copied here, so the caller may reuse its arrays at once;
+        the message is encoded here too (rounded and validated), so an invalid one raises
+        TypeError or ValueError in the caller's thread.
         """
+        if not isinstance(message, TopicMessage) or not message.TOPIC:
+            raise TypeError(f"publish() takes a streamav.wire.messages type, not "
+                            f"{type(message).__qualname__} (a topic of your own: publish_map)")
+        frames = tuple(protocol.buffer_to_bytes(b) for b in buffers)
+        message.check_buffers(frames)
+        return self._enqueue(message.TOPIC, protocol.pack_message(message), frames, t_capture_ns)
+
+    def publish_map(self, topic: str, payload: Mapping[str, Any], t_capture_ns: int,
+                    buffers: Iterable[Buffer] = ()) -> bool:
+        """Queue a plain map on a topic that is not one of the protocol's (an extension of a
+        program's own; the protocol's topics are sent as their types with `publish`). Same
+        rules as `publish`: never blocks, serialized here (TypeError for what msgpack cannot
+        write, ValueError for a reserved field name)."""
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"a topic is a non-empty str, not {topic!r}")
+        if topic in protocol.TOPIC_TYPES:
+            raise ValueError(f"{topic!r} is a protocol topic: publish a "
+                             f"streamav.wire.messages.{protocol.TOPIC_TYPES[topic].__name__}")
         packed = protocol.pack_payload(payload)
         frames = tuple(protocol.buffer_to_bytes(b) for b in buffers)
+        return self._enqueue(topic, packed, frames, t_capture_ns)
+
+    def _enqueue(self, topic: str, packed: PackedPayload, frames: tuple[bytes, ...],
+                 t_capture_ns: int) -> bool:
         with self._enqueue_lock:
             seq = self._next_seq.get(topic, 0)
             self._next_seq[topic] = seq + 1
@@ -339,13 +358,9 @@ class Publisher(ListenerCounters):
         if isinstance(item.payload, bytes):  # replayed: the map holds its envelope already
             body = item.payload
         else:
-            envelope = {
-                "schema": SCHEMA_VERSION,
-                "stream": self.stream_id,
-                "seq": item.seq,
-                "t_capture": ns_to_s(item.t_capture_ns),
-                "t_publish": ns_to_s(t_publish_ns),
-            }
+            envelope = Envelope(schema=SCHEMA_VERSION, stream=self.stream_id, seq=item.seq,
+                                t_capture=ns_to_s(item.t_capture_ns),
+                                t_publish=ns_to_s(t_publish_ns))
             body = protocol.pack_map(envelope, item.payload)
         frames: list[bytes] = [item.topic.encode("utf-8"), body]
         frames.extend(item.buffers)
