@@ -460,10 +460,13 @@ class ResetReply(Reply, kw_only=True):
     pass
 
 
+ProfileName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # see emotion.profiles
+
+
 class ProfileLoad(Request, kw_only=True):
     CMD: ClassVar[str] = "profile.load"
 
-    name: Union[str, None] = None
+    name: Union[ProfileName, None] = None  # None: no profile
 
 
 class ProfileLoadReply(Reply, kw_only=True):
