@@ -6,7 +6,11 @@ Example (another program reading emotion events)::
 
     with Subscriber("tcp://127.0.0.1:5555", topics=("emotion.change",)) as sub:
         for msg in sub:  # blocks; use sub.recv(timeout_s=...) to poll instead
-            print(msg.payload["to"], msg.t_capture_s, sub.dropped)
+            print(msg.body.to, msg.t_capture_s, sub.dropped)  # body: an EmotionChange
+
+Every message of a topic the protocol defines arrives with its typed body
+(streamav.wire.messages), validated; what is not a valid message of this schema is skipped and
+counted in `malformed`.
 
 Losses are detected from gaps in `seq`, which the publisher numbers per exact topic and per
 stream: `dropped` is the total, `dropped_by_topic` the same per topic. The first message seen from
