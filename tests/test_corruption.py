@@ -43,6 +43,16 @@ def test_occlusions_cover_the_mouth_or_the_eyes_only(crops):
     assert (mouth[:, 42, 31] == 128).all() and (eyes[:, 21, 22] == 128).all()
 
 
+def test_region_mask_is_exactly_the_pixels_an_occlusion_greys(crops):
+    for spec in ("occlude_mouth", "occlude_eyes"):
+        corruption = parse_corruption(spec)
+        changed = (corruption.apply(crops, np.random.default_rng(0)) != crops).any(axis=(0, 3))
+        mask = corruption.region_mask(64)
+        assert mask.shape == (64, 64) and mask.sum() > 100
+        assert not (changed & ~mask).any()  # nothing outside the box changes
+    assert parse_corruption("gaussian:0.2").region_mask(64) is None
+
+
 def test_lowlight_is_dark_and_deterministic(crops):
     corruption = parse_corruption("lowlight")
     dark = corruption.apply(crops, np.random.default_rng(3))

@@ -39,11 +39,7 @@ IDENTITY_CORRUPTIONS = ("clean", "gaussian:0.2")
 
 def region_mask(corruption: Corruption) -> np.ndarray | None:
     """(64, 64) bool: the pixels an occlusion covers; None for corruptions of the whole crop."""
-    if not corruption.name.startswith("occlude"):
-        return None
-    probe = corruption.apply(np.zeros((64, 64, 3), np.uint8), np.random.default_rng(0))
-    mask = (probe != 0).all(axis=-1)
-    return mask if mask.any() else None
+    return corruption.region_mask(64)
 
 
 def _masked_psnr(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -42,6 +42,15 @@ class Corruption:
             raise ValueError(f"expected (..., H, W, 3) uint8 crops, got {crops.shape} {crops.dtype}")
         return _APPLY[self.name](crops, self.param, rng)
 
+    def region_mask(self, size_px: int = 64) -> np.ndarray | None:
+        """(size, size) bool: the pixels an occlusion covers; None for corruptions of the whole
+        crop."""
+        if not self.name.startswith("occlude"):
+            return None
+        probe = self.apply(np.zeros((size_px, size_px, 3), np.uint8), np.random.default_rng(0))
+        mask = (probe != 0).all(axis=-1)
+        return mask if mask.any() else None
+
 
 def _gaussian(crops: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     noisy = crops.astype(np.float32) / 255.0 + rng.normal(0.0, sigma, crops.shape)
