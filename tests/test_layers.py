@@ -23,7 +23,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     # 0: imported by everyone, importing nothing of streamav but each other
     {"foundation": ("streamav", "streamav.errors", "streamav.clock", "streamav.host",
                     "streamav.latency", "streamav.outputs", "streamav.stop_signals",
-                    "streamav.data.*", "streamav.corpus.labels")},
+                    "streamav.stage", "streamav.data.*", "streamav.corpus.labels")},
     # 1: the leaves: capture, front end, messages (their types too), the model, the AV ring
     {"sources": ("streamav.sources.*",), "frontend": ("streamav.frontend.*",),
      "wire": ("streamav.wire.*",), "model": ("streamav.model.*",),

@@ -47,6 +47,10 @@ class CausalPowerSpectrum:
     def stop(self) -> None:
         """Nothing to close; present for the stage interface."""
 
+    def reset(self) -> None:
+        """Nothing carried between frames (each window stands alone); present for the stage
+        interface (streamav.stage.Stage)."""
+
     def step(self, samples: np.ndarray) -> np.ndarray:
         if samples.shape != (self.config.window_samples,):
             raise ValueError(
