@@ -10,7 +10,7 @@
     [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir,
                profile
     [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
-               save_features, csv, write_video, record, lsl
+               save_features, csv, write_video, record, lsl, face_lost_reset_s
 
 `load_config(path, overrides)` reads the file (every key optional), applies the flags that were
 given (a dict of "section.key" → value, None meaning "not given") and validates the result: every
@@ -98,6 +98,9 @@ class RunConfig:
     write_video: str | None = None  # the preview composition of every frame (.mp4/.mkv/.mov)
     record: str | None = None  # a new folder: input video and audio, messages, manifest
     lsl: bool = False  # Lab Streaming Layer outlets: Emotion and Markers (the lsl extra)
+    # The face gone longer than this (media time): a new person, every stage's state starts
+    # again and a `status` `reset` says so (LivePipeline.reset)
+    face_lost_reset_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "face.min_tracking_confidence": (0, 1),
     "model.threads": (1, 256),
     "run.max_frames": (1, None), "run.duration_s": (0.001, None),
-    "run.stats_interval_s": (0.05, 3600),
+    "run.stats_interval_s": (0.05, 3600), "run.face_lost_reset_s": (0.1, 86_400),
 }
 
 

@@ -6,11 +6,12 @@ emotion estimator (streamav.emotion) on the face's geometry and the voice's pros
 the frame's `emotion`, `video.denoised` and `latent` messages (streamav.wire.messages, at full
 precision: the wire rounds) plus an `emotion.change` message when the smoothed label changes
 (never while the estimate is `uncertain`). Frames without a face are not stepped: the state is
-held until the face is back; a face lost for longer than the estimator's `person_lost_s` is
-taken as a new person (the model's state and the person's emotion baseline are reset), as are
-`reset()` calls (source_back, the control socket). Non-finite values anywhere in the step are
-caught by the runner's guard (counted, the state reset) and nothing is published for that
-frame.
+held until the face is back. `reset()` is a new person: the model's recurrent state and w, the
+identity path's running means, the emotion baseline and smoothing and the change detector start
+again; the pipeline calls it (`LivePipeline.reset`: a source that came back, the face lost for
+longer than `[run] face_lost_reset_s`, the control socket's `reset`). Non-finite values anywhere
+in the step are caught by the runner's guard (counted, the state reset) and nothing is
+published for that frame. The stage is a `streamav.stage.Stage` (start, step, reset, stop).
 
 The step runs through `streamav.model_runner`: on the engine asked for when PyTorch is
 installed, else on the model folder's shipped step.onnx with ONNX Runtime alone (no torch).
@@ -83,7 +84,6 @@ class ModelStage:
         self._runner: StepRunner | None = None
         self._detector: EmotionChangeDetector | None = None
         self._emotion: EmotionStream | None = None
-        self._last_face_seq: int | None = None
         self.profile_name = profile
         self.labels: tuple[str, ...] = ()
 
@@ -129,14 +129,15 @@ class ModelStage:
         return 0 if self._runner is None else self._runner.nonfinite_count
 
     def reset(self) -> None:
-        """A new person: the model's state, the emotion baseline and the change detector."""
+        """A new person: the model's state (its recurrent states, w, the identity path's running
+        means: the runner's initial state), the emotion baseline and smoothing, and the change
+        detector. Works before `start()` and after `stop()` (nothing to reset then)."""
         if self._runner is not None:
             self._runner.reset()
         if self._detector is not None:
             self._detector.reset()
         if self._emotion is not None:
             self._emotion.reset()
-        self._last_face_seq = None
 
     def stop(self) -> None:
         self._runner = None
@@ -148,10 +149,6 @@ class ModelStage:
         assert self._runner is not None and self._detector is not None, "start() first"
         settings = (self._emotion.estimator.settings if self._emotion is not None
                     else EmotionSettings())
-        if (self._last_face_seq is not None
-                and frame_seq - self._last_face_seq > settings.person_lost_s * self.fps):
-            self.reset()  # the face was gone long enough to be someone else now
-        self._last_face_seq = frame_seq
         seen = self.noise.apply(crop_rgb, self._rng) if self.noise is not None else crop_rgb
         face = np.ascontiguousarray(face_to_model(seen))[None]
         power = np.zeros(SPECTRUM_BINS, np.float32) if spectrum is None else spectrum

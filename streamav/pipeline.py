@@ -13,6 +13,15 @@ on Ctrl-C (or SIGTERM, SIGHUP: see `stop_on_signals`), on `q` in the preview, or
 source error. It always ends the same way: the worker finishes the frame in hand and exits, then
 the main thread sends a `status` stopping message and the final `stats` message, and only then
 stops the stages and joins everything: no stage is stopped under a frame being processed.
+
+The stages (face front end, audio front end, model) are `streamav.stage.Stage`s: start, step,
+reset, stop. `reset(reason)` is a new person: every stage's state starts again (the model's
+recurrent states and w, the identity path's running means, the emotion baseline, smoothing and
+change detector, the face tracker) and a `status` message with state `reset` says when and why.
+It is called when a source comes back (`source_back`, from the first frame captured after the
+return), when the face has been gone longer than `[run] face_lost_reset_s` of the source's own
+time, and by the control socket's `reset`. The worker applies it between two frames, never
+under a step.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from streamav.ring import AVRing, VideoFrame
 from streamav.run_stats import RunStats
 from streamav.run_view import FrameView, RunNumbers
 from streamav.sources.base import MODEL_SAMPLE_RATE_HZ, Source
+from streamav.stage import Stage
 from streamav.stop_signals import interrupts_deferred
 from streamav.wire import protocol
 from streamav.wire.messages import (Anchor, Face, ProfileLoad, ProfileLoadReply, Reset,
@@ -49,10 +59,33 @@ _SLOW_STOP_S = 5.0  # warn when the worker takes longer than this to finish its 
 
 
 
-class FaceStage(Protocol):
-    def start(self) -> None: ...
-    def step(self, image_bgr: np.ndarray) -> FaceResult: ...
-    def stop(self) -> None: ...
+# The stages the worker steps (streamav.stage.Stage: start, step, reset, stop).
+FaceStage = Stage[[np.ndarray], FaceResult]  # BGR frame -> the face (streamav.frontend.face)
+AudioStage = Stage[[np.ndarray], np.ndarray]  # audio window -> power spectrum
+
+
+class ModelStep(Stage[[np.ndarray, np.ndarray | None, int, np.ndarray], ModelMessages | None],
+                Protocol):
+    """The model stage (streamav.model_stage.ModelStage): step(crop_rgb, spectrum, frame_seq,
+    mesh_crop_xy), and what the pipeline reads of it besides."""
+
+    engine_label: str
+    labels: tuple[str, ...]
+
+    @property
+    def nonfinite_frames(self) -> int: ...
+
+    def use_profile(self, name: str | None) -> None: ...
+
+
+@dataclass
+class _PendingReset:
+    """A `reset(reason)` asked from another thread, for the worker to apply."""
+
+    reason: str
+    after_ns: int  # apply before the first frame captured at or after this (0: the next frame)
+    frames_read: int  # the worker's frame count when it was asked
+    external: bool  # asked from outside the input (control, source_back): counted in model_resets
 
 
 class PublisherLike(Protocol):
@@ -110,14 +143,15 @@ class LivePipeline:
     """One run of `streamav live`. Build it, call `run()` once."""
 
     def __init__(self, config: LiveConfig, sources: list[Source], face: FaceStage,
-                 publisher: PublisherLike, preview=None, control=None, model=None,
+                 publisher: PublisherLike, preview=None, control=None,
+                 model: ModelStep | None = None,
                  on_stats: Callable[[Stats], None] | None = None,
                  on_frame: Callable[[FrameResult], None] | None = None,
                  on_started: Callable[[], None] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.face = face
-        self.spectrum = CausalPowerSpectrum(config.spectrum)
+        self.spectrum: AudioStage = CausalPowerSpectrum(config.spectrum)
         self.publisher = publisher
         self.preview = preview
         self.control = control
@@ -128,7 +162,10 @@ class LivePipeline:
         # called with (first sample index, samples) for every audio block the ring stores, in
         # the source's thread (see AVRing); set it before run()
         self.on_audio: Callable[[int, np.ndarray], None] | None = None
-        self.model_resets = 0  # resets applied (control `reset`, a camera that came back)
+        # resets applied that a rerun of a recording does not repeat (control `reset`, a source
+        # that came back); and those after the face was lost, which it does
+        self.model_resets = 0
+        self.face_lost_resets = 0
         self.profile_switches = 0  # `profile.load` requests applied
         self.stats = RunStats()
         self.has_audio = any(s.has_audio for s in sources)
@@ -141,7 +178,11 @@ class LivePipeline:
         self._signalled: str | None = None  # a stop signal's reason, set by the handler only
         self._setup_signalled: str | None = None  # a stop signal before the sources started
         self._setup_aborted = False  # run() is unwinding its set-up after such a signal
-        self._model_reset = threading.Event()  # source_back or the control socket's `reset`
+        self._resets: list[_PendingReset] = []  # reset() from other threads, for the worker
+        self._resets_lock = threading.Lock()
+        self._worker_thread: threading.Thread | None = None
+        self._frames_read = 0  # frames the worker has taken from the ring
+        self._face_seen_ns: int | None = None  # media time of the newest frame with a face
         self._profile_requests: queue.SimpleQueue = queue.SimpleQueue()  # `profile.load`
         self._ring = AVRing(
             video_capacity_frames=config.ring.video_capacity_frames,
@@ -161,10 +202,10 @@ class LivePipeline:
     # -- control ---------------------------------------------------------------------------
 
     def _register_commands(self, control) -> None:
-        """`reset`: a new person (model state and emotion baseline); `profile.load` {name}
-        (null: none): switch the calibration profile. Both take effect at the next frame."""
+        """`reset`: a new person (`reset("control")`: every stage's state); `profile.load`
+        {name} (null: none): switch the calibration profile. Both take effect at the next frame."""
         def reset(_request: Reset) -> ResetReply:
-            self._model_reset.set()
+            self.reset("control")
             return ResetReply()
 
         def profile_load(request: ProfileLoad) -> ProfileLoadReply:
@@ -181,6 +222,65 @@ class LivePipeline:
 
         control.register(Reset, reset)
         control.register(ProfileLoad, profile_load)
+
+    def reset(self, reason: str) -> None:
+        """A new person: every stage's state starts again, and a `status` message (state
+        `reset`, this reason) says when and why.
+
+        Safe from any thread: during a run the worker applies it between two frames (before the
+        next frame it takes, or within 0.1 s when none comes); from the worker itself (an
+        `on_frame` callback) at once. Asked before the run starts, it is applied as the worker
+        starts; asked after its last frame, it is not applied.
+        """
+        self._request_reset(reason, after_ns=0, external=True)
+
+    def _request_reset(self, reason: str, after_ns: int, external: bool) -> None:
+        if threading.current_thread() is self._worker_thread:
+            self._apply_reset(reason, external)
+            return
+        with self._resets_lock:
+            self._resets.append(_PendingReset(reason, after_ns, self._frames_read, external))
+
+    def _apply_resets(self, frame: VideoFrame | None) -> None:
+        """Worker thread, between two frames: apply the resets due before `frame` (all of them
+        when None: the ring was empty, so every frame from before a return is done).
+
+        A source's reset applies from its first frame captured after it came back: frames from
+        before (still in the ring) finish under the old state. A frame captured after the return
+        has a capture time at or after the `source_back` status; and since the ring holds at
+        most `video_capacity_frames` frames, any frame read more than that many frames after the
+        status is one from after it, whatever its timestamp says.
+        """
+        if not self._resets:
+            return
+        capacity = self.config.ring.video_capacity_frames
+        due: list[_PendingReset] = []
+        waiting: list[_PendingReset] = []
+        with self._resets_lock:
+            for pending in self._resets:
+                if (frame is None or frame.t_capture_ns >= pending.after_ns
+                        or self._frames_read - pending.frames_read > capacity + 1):
+                    due.append(pending)
+                else:
+                    waiting.append(pending)
+            self._resets = waiting
+        for pending in due:
+            self._apply_reset(pending.reason, pending.external)
+
+    def _apply_reset(self, reason: str, external: bool) -> None:
+        """Worker thread: every stage's state starts again; a `status` says so."""
+        stages: list[Stage] = [self.face, self.spectrum]
+        if self.model is not None:
+            stages.append(self.model)
+        for stage in stages:
+            stage.reset()
+        self._face_seen_ns = None
+        if external:
+            self.model_resets += 1
+        else:
+            self.face_lost_resets += 1
+        log.info("reset: %s", reason)
+        self._publish_status("reset", reason)
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -277,6 +377,7 @@ class LivePipeline:
                     started.append(source)
                 source.start(self._ring)
             worker = threading.Thread(target=self._work, name="streamav-worker", daemon=True)
+            self._worker_thread = worker
             worker.start()
             if self.on_started is not None:
                 self.on_started()
@@ -371,7 +472,10 @@ class LivePipeline:
                     if any(s.error() is not None for s in self.sources):
                         self.request_stop("source failed")
                     break
+                self._apply_resets(None)
                 continue
+            self._frames_read += 1
+            self._apply_resets(frame)
             self._process(frame)
             if run.max_frames is not None and self.stats.frames >= run.max_frames:
                 self.request_stop("max frames reached")
@@ -395,13 +499,10 @@ class LivePipeline:
         face = self.face.step(frame.image_bgr)
         record("face", now_ns() - t0)
         self.publisher.publish(face_message(face, frame), frame.t_capture_ns)
+        self._check_face_lost(face, frame)
         messages = None
         if self.model is not None and face.found:
             t0 = now_ns()
-            if self._model_reset.is_set():
-                self._model_reset.clear()
-                self.model.reset()
-                self.model_resets += 1
             while not self._profile_requests.empty():
                 self.model.use_profile(self._profile_requests.get())
                 self.profile_switches += 1
@@ -413,6 +514,22 @@ class LivePipeline:
         self.latest = FrameResult(frame, face, level, spectrum, messages, audio_end)
         if self.on_frame is not None:
             self.on_frame(self.latest)
+
+    def _check_face_lost(self, face: FaceResult, frame: VideoFrame) -> None:
+        """The face gone longer than `[run] face_lost_reset_s`: a new person, reset once until a
+        face is back. Measured in whole milliseconds of the source's own clock (`t_media_ns`),
+        so that offline runs over a file, and a rerun of a recording (whose frame times are
+        rounded to audio samples), reset at the same frames."""
+        if face.found:
+            self._face_seen_ns = frame.t_media_ns
+            return
+        if self._face_seen_ns is None:
+            return
+        gone_ms = round((frame.t_media_ns - self._face_seen_ns) / 1e6)
+        limit_s = self.config.run.face_lost_reset_s
+        if gone_ms > limit_s * 1000:
+            self._apply_reset(f"face lost for {gone_ms / 1000:.3f} s (face_lost_reset_s "
+                              f"{limit_s:g})", external=False)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -434,9 +551,9 @@ class LivePipeline:
 
     def _on_source_status(self, state: str, reason: str) -> None:
         log.warning("%s: %s", state.replace("_", " "), reason)
-        if state == "source_back":  # maybe someone else in front of the camera now
-            self._model_reset.set()
         self._publish_status(state, reason)
+        if state == "source_back":  # maybe someone else in front of the camera now
+            self._request_reset(f"source_back: {reason}", after_ns=now_ns(), external=True)
 
     def _publish_status(self, state: str, reason: str) -> None:
         message = Status(state=state, reason=reason, anchor=Anchor(**wall_anchor()))

@@ -46,7 +46,9 @@ class EmotionSettings:
     prior_s: float = 1.0  # weight of the population prior, in seconds of frames
     smoothing_s: float = 0.75  # EMA of the normalised features (docs/model.md)
     uncertain_below: float = 0.5  # top probability under this: `uncertain`, no emotion.change
-    person_lost_s: float = 2.0  # face lost this long: a new person (baseline reset)
+    # Kept for the model folders that carry it; a live run's "new person" after a lost face
+    # is the config's [run] face_lost_reset_s (LivePipeline.reset), not this.
+    person_lost_s: float = 2.0
 
     def validate(self) -> None:
         unknown = [g for g in self.groups if g not in GROUPS]
