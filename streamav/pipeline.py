@@ -61,7 +61,6 @@ _SLOW_STOP_S = 5.0  # warn when the worker takes longer than this to finish its 
 
 # The stages the worker steps (streamav.stage.Stage: start, step, reset, stop).
 FaceStage = Stage[[np.ndarray], FaceResult]  # BGR frame -> the face (streamav.frontend.face)
-AudioStage = Stage[[np.ndarray], np.ndarray]  # audio window -> power spectrum
 
 
 class ModelStep(Stage[[np.ndarray, np.ndarray | None, int, np.ndarray], ModelMessages | None],
@@ -151,7 +150,7 @@ class LivePipeline:
         self.config = config
         self.sources = sources
         self.face = face
-        self.spectrum: AudioStage = CausalPowerSpectrum(config.spectrum)
+        self.spectrum = CausalPowerSpectrum(config.spectrum)  # a Stage too; made here
         self.publisher = publisher
         self.preview = preview
         self.control = control
