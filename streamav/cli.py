@@ -98,6 +98,7 @@ LIVE_EXAMPLES = """Examples:
   streamav live --video talk.mp4 --no-realtime --csv talk.csv
   streamav live --video talk.mp4 --write-video seen.mp4 --stats-json s.json
   streamav live --record session1 --lsl   record the run; emotion on LSL
+  streamav live --video talk.mp4 --loop --duration 600   the clip over and over for 10 min
   streamav live --no-realtime --video session1   rerun a recording, frame by frame
 
 On a terminal a status line shows fps, latency, the face and the emotion while it runs; \
@@ -118,6 +119,9 @@ def live(
     audio: Optional[str] = typer.Option(
         None, help="Audio file (wav, flac, mp3, ...) instead of a microphone."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Run on video alone."),
+    loop: bool = typer.Option(
+        False, "--loop", help="Play the --video (and --audio) file again from its start each "
+                              "time it ends, until stopped (soak tests, demos)."),
     demo: bool = typer.Option(
         False, "--demo", help="Run on the bundled CREMA-D clip; ends with an emotion timeline "
                               "and a PNG strip of input and denoised faces (in the temp folder)."),
@@ -186,7 +190,7 @@ def live(
         video = str(demo_clip_path())
     overrides = {
         "source.camera": camera, "source.video": video, "source.mic": mic, "source.audio": audio,
-        "source.no_audio": True if no_audio else None,
+        "source.no_audio": True if no_audio else None, "source.loop": True if loop else None,
         "camera.width_px": width, "camera.height_px": height, "camera.fps": fps,
         "publish.endpoint": publish, "publish.stream_id": stream_id,
         "publish.curve_secret_key_file": str(curve_secret_key) if curve_secret_key else None,

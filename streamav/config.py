@@ -1,6 +1,6 @@
 """The one typed configuration tree of a live run: a section per stage, from TOML, then flags.
 
-    [source]   camera, video, mic, audio, no_audio
+    [source]   camera, video, mic, audio, no_audio, loop, read_timeout_s
     [camera]   width_px, height_px, fps, reconnect_delay_s, max_reconnects
     [ring]     video_capacity_frames, audio_capacity_s
     [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode
@@ -9,8 +9,8 @@
                curve_client_keys
     [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir,
                profile
-    [run]      realtime, preview, max_frames, duration_s, stats_interval_s, stats_json,
-               save_features, csv, write_video, record, lsl, face_lost_reset_s
+    [run]      realtime, max_staleness_s, preview, max_frames, duration_s, stats_interval_s,
+               stats_json, save_features, csv, write_video, record, lsl, face_lost_reset_s
 
 `load_config(path, overrides)` reads the file (every key optional), applies the flags that were
 given (a dict of "section.key" → value, None meaning "not given") and validates the result: every
@@ -88,6 +88,9 @@ class ModelSectionConfig:
 @dataclass(frozen=True)
 class RunConfig:
     realtime: bool = True
+    # Real time: a frame whose results would leave later than this after its capture is
+    # dropped (and counted: stats' stale_dropped) instead of processed late.
+    max_staleness_s: float = 0.5
     preview: bool | None = None  # None: on when a display exists
     max_frames: int | None = None
     duration_s: float | None = None
@@ -118,7 +121,7 @@ class LiveConfig:
 # The flag that sets a key, for messages about values given on the command line.
 FLAGS = {
     "source.camera": "--camera", "source.video": "--video", "source.mic": "--mic",
-    "source.audio": "--audio", "camera.width_px": "--width", "camera.height_px": "--height",
+    "source.audio": "--audio", "source.loop": "--loop", "camera.width_px": "--width", "camera.height_px": "--height",
     "camera.fps": "--fps", "publish.endpoint": "--publish", "publish.control_endpoint": "--control",
     "publish.stream_id": "--stream-id", "publish.curve_secret_key_file": "--curve-secret-key",
     "run.max_frames": "--max-frames", "run.duration_s": "--duration",
@@ -138,6 +141,7 @@ MAX_LENGTH = {"publish.stream_id": 256}
 LIMITS: dict[str, tuple[float | None, float | None]] = {
     "camera.width_px": (16, 16384), "camera.height_px": (16, 16384), "camera.fps": (0.1, 1000),
     "camera.reconnect_delay_s": (0, 3600), "camera.max_reconnects": (0, None),
+    "source.read_timeout_s": (0.1, 3600), "run.max_staleness_s": (0.05, 3600),
     "ring.video_capacity_frames": (1, 512), "ring.audio_capacity_s": (0.5, 600),
     # the sources deliver audio at this one rate (they resample to it)
     "spectrum.sample_rate_hz": (SOURCE_SAMPLE_RATE_HZ, SOURCE_SAMPLE_RATE_HZ),
@@ -292,6 +296,8 @@ def validate(config: LiveConfig, from_flags: set[str] = frozenset()) -> None:
         raise InputError("--no-audio cannot be combined with --mic or --audio")
     if src.mic is not None and src.audio is not None:
         raise InputError("give either --mic or --audio, not both")
+    if src.loop and src.video is None and src.audio is None:
+        raise InputError("--loop plays files again: give --video (or --audio)")
     live_device = src.video is None or src.mic is not None
     if not config.run.realtime and live_device:
         raise InputError("--no-realtime needs file sources (--video, and --audio or the file's "

@@ -35,3 +35,11 @@ class MissingDependencyError(StreamavError):
     """An optional dependency is not installed; the message says how to install it."""
 
     exit_code = 5
+
+
+class SourceError(StreamavError):
+    """A source failed during the run: its decoder died (a damaged file) or a network source
+    stopped delivering (read timeout). The run stops at once with a `source_failed` status
+    message, then its final stats; what it produced up to there is kept."""
+
+    exit_code = 6

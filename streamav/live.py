@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from streamav import __version__
 from streamav.config import LiveConfig, check_output_paths, load_config
-from streamav.errors import InputError
+from streamav.errors import InputError, SourceError
 from streamav.frontend.corruption import parse_corruption
 from streamav.frontend.face import FaceFrontEnd
 from streamav.model.inputs import check_frontend
@@ -298,8 +298,14 @@ def run_live(config_path: Path | None, overrides: dict[str, Any],
         status = StatusLine(pipeline)
         pipeline.on_stats = status.on_stats
     finished = False
+    fault: SourceError | None = None
     try:
-        summary = pipeline.run()
+        try:
+            summary = pipeline.run()
+        except SourceError as exc:  # a source died: the run stopped in order, keep its outputs
+            if pipeline.summary is None:
+                raise
+            summary, fault = pipeline.summary, exc
         finished = True
     finally:
         if status is not None:
@@ -308,6 +314,8 @@ def run_live(config_path: Path | None, overrides: dict[str, Any],
             outputs.abandon()
     notes, failed = outputs.finish(summary)
     _write_outputs(config, summary, recorder, failed)
+    if fault is not None:  # its one error line and exit code, once the outputs are written
+        raise fault
     emotion = None if outputs.tally is None else outputs.tally.summary()
     return LiveOutcome(summary, emotion, tuple(notes))
 

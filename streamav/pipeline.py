@@ -22,6 +22,16 @@ It is called when a source comes back (`source_back`, from the first frame captu
 return), when the face has been gone longer than `[run] face_lost_reset_s` of the source's own
 time, and by the control socket's `reset`. The worker applies it between two frames, never
 under a step.
+
+A source that dies during the run (a decoder that raises on a damaged file, a network read that
+timed out) says so at once with a `source_failed` status message, and the run stops then rather
+than going on without that stream; `run()` raises its error after the final stats (`summary`
+holds them).
+
+Real time stays live: a frame the worker takes later than `run.max_staleness_s` after its
+capture (less the time a frame has recently taken to process) is dropped rather than processed,
+and counted (`stale_dropped` in `stats`, part of `dropped_frames`), as are the frames a file
+source dropped for the same reason while catching up (streamav/sources/media_file.py).
 """
 
 from __future__ import annotations
@@ -138,6 +148,9 @@ class RunSummary:
     stop_reason: str
 
 
+_PROCESSING_EWMA = 0.2  # weight of the newest frame in the worker's processing-time estimate
+
+
 class LivePipeline:
     """One run of `streamav live`. Build it, call `run()` once."""
 
@@ -167,6 +180,9 @@ class LivePipeline:
         self.face_lost_resets = 0
         self.profile_switches = 0  # `profile.load` requests applied
         self.stats = RunStats()
+        self.summary: RunSummary | None = None  # set once the run is over, even when it failed
+        self.stale_dropped = 0  # real time: frames the worker dropped as older than the bound
+        self._processing_ns = 0.0  # recent time from taking a frame to its results (EWMA)
         self.has_audio = any(s.has_audio for s in sources)
         self.latest: FrameResult | None = None
         self._stop = threading.Event()
@@ -395,8 +411,9 @@ class LivePipeline:
                     component.stop()
                 if self.publisher in started:
                     self.publisher.stop()
+        self.summary = RunSummary(final_stats=final, stop_reason=self._stop_reason)
         self._raise_errors()
-        return RunSummary(final_stats=final, stop_reason=self._stop_reason)
+        return self.summary
 
     def _wait(self, worker: threading.Thread) -> None:
         """Main thread: run the preview if any, else wait for the worker to end the run.
@@ -459,11 +476,17 @@ class LivePipeline:
         run = self.config.run
         read = self._ring.video.read_newest if run.realtime else self._ring.video.read_next
         deadline_ns = None if run.duration_s is None else now_ns() + int(run.duration_s * NS_PER_S)
+        stale_ns = (int(run.max_staleness_s * NS_PER_S)
+                    if run.realtime and run.max_staleness_s is not None else None)
         while not self._stop.is_set():
             if self.stats.window_due(run.stats_interval_s):
                 self._send_stats(final=False)
             if deadline_ns is not None and now_ns() >= deadline_ns:
                 self.request_stop("duration reached")
+                break
+            failed = next((s for s in self.sources if s.error() is not None), None)
+            if failed is not None:  # e.g. a microphone that stopped: no run without it
+                self.request_stop(f"source failed: {failed.name}: {failed.error()}")
                 break
             frame = read(timeout_s=_READ_TIMEOUT_S)
             if frame is None:
@@ -475,9 +498,22 @@ class LivePipeline:
                 continue
             self._frames_read += 1
             self._apply_resets(frame)
+            if stale_ns is not None and self._too_stale(frame, stale_ns):
+                self.stale_dropped += 1
+                continue
+            t_pickup = now_ns()
             self._process(frame)
+            done_ns = now_ns() - t_pickup
+            self._processing_ns += _PROCESSING_EWMA * (done_ns - self._processing_ns)
             if run.max_frames is not None and self.stats.frames >= run.max_frames:
                 self.request_stop("max frames reached")
+
+    def _too_stale(self, frame: VideoFrame, bound_ns: int) -> bool:
+        """Whether the frame's results would leave later than `bound_ns` after its capture: its
+        age now plus what a frame has recently taken to process (at most half the bound, so
+        that a slow stage still lets the freshest frames through)."""
+        expected_ns = min(self._processing_ns, bound_ns / 2)
+        return now_ns() - frame.t_capture_ns + expected_ns > bound_ns
 
     def _process(self, frame: VideoFrame) -> None:
         record = self.stats.latency.record_ns
@@ -549,6 +585,13 @@ class LivePipeline:
         publish(messages.latent, t_capture_ns)
 
     def _on_source_status(self, state: str, reason: str) -> None:
+        """A source's thread: lost / back (a camera reconnecting), or failed: then the run stops
+        now (the error itself is the run's one error line, raised by `run()` at the end)."""
+        if state == "source_failed":
+            log.info("source failed: %s", reason)
+            self._publish_status(state, reason)
+            self.request_stop(f"source failed: {reason}")
+            return
         log.warning("%s: %s", state.replace("_", " "), reason)
         self._publish_status(state, reason)
         if state == "source_back":  # maybe someone else in front of the camera now
@@ -569,11 +612,13 @@ class LivePipeline:
     def _stats_payload(self, final: bool) -> Stats:
         counters = getattr(self.publisher, "dropped_queue_full", 0) + getattr(
             self.publisher, "dropped_send", 0)
+        stale = self.stale_dropped + self._ring.video_stale_frames
         return self.stats.payload(
             final=final,
             nonfinite_frames=0 if self.model is None else self.model.nonfinite_frames,
             model_engine=None if self.model is None else self.model.engine_label,
-            dropped_frames=self._ring.video.dropped_frames,
+            dropped_frames=self._ring.video.dropped_frames + stale,
+            stale_dropped=stale,
             audio_overflows=self._ring.audio_overflows,
             audio_samples_lost=self._ring.audio.overwritten_samples,
             has_audio=self.has_audio,

@@ -301,6 +301,7 @@ class AVRing:
         self.video = VideoRing(video_capacity_frames, blocking)
         self.audio = AudioRing(audio_capacity_samples, sample_rate_hz, blocking)
         self.audio_overflows = 0
+        self.video_stale_frames = 0  # frames sources dropped as older than the staleness bound
         self.audio_blocks = 0
         self.ended: set[str] = set()
         self._on_status = on_status
@@ -318,6 +319,9 @@ class AVRing:
 
     def audio_overflow(self, count: int = 1) -> None:
         self.audio_overflows += count
+
+    def video_stale(self, count: int = 1) -> None:
+        self.video_stale_frames += count
 
     def end_of_stream(self, kind: str) -> None:
         self.ended.add(kind)

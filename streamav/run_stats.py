@@ -70,7 +70,8 @@ class RunStats:
 
     def payload(self, *, final: bool, dropped_frames: int, audio_overflows: int,
                 nonfinite_frames: int, model_engine: str | None = None,
-                audio_samples_lost: int, publish_dropped: int, has_audio: bool = True) -> Stats:
+                audio_samples_lost: int, publish_dropped: int, has_audio: bool = True,
+                stale_dropped: int = 0) -> Stats:
         """The `stats` message: this window's numbers, or the whole run's when `final`."""
         t_now = now_ns()
         with self._lock:
@@ -91,6 +92,7 @@ class RunStats:
             frames=self.frames,
             faces_found=self.faces_found,
             dropped_frames=dropped_frames,
+            stale_dropped=stale_dropped,
             audio_overflows=audio_overflows,
             audio_samples_lost=audio_samples_lost,
             has_audio=has_audio,

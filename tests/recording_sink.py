@@ -36,6 +36,7 @@ class RecordingSink:
         self.audio_blocks: list[AudioItem] = []
         self.audio_samples = 0
         self.overflows = 0
+        self.stale = 0  # video frames the source dropped as stale (real time)
         self.ended: set[str] = set()
         self.statuses: list[tuple[str, str]] = []  # (state, reason) in arrival order
 
@@ -59,6 +60,11 @@ class RecordingSink:
     def audio_overflow(self, count: int = 1) -> None:
         with self._cond:
             self.overflows += count
+            self._cond.notify_all()
+
+    def video_stale(self, count: int = 1) -> None:
+        with self._cond:
+            self.stale += count
             self._cond.notify_all()
 
     def end_of_stream(self, kind: str) -> None:

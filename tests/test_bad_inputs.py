@@ -122,6 +122,10 @@ CASES = [
      "[model]\nthreads = 0\n"),
     ("config-backend-number", ["live", "--config", "{config}"], 2, "[model] backend",
      "[model]\nbackend = 3\n"),
+    ("loop-without-a-file", ["live", "--camera", "0", "--no-audio", "--loop"], 2,
+     "--loop plays files again", None),
+    ("config-staleness-zero", ["live", "--config", "{config}"], 2,
+     "[run] max_staleness_s must be in 0.05..3600", "[run]\nmax_staleness_s = 0\n"),
     # the engine choice (streamav.engines.choice), checked when the config loads
     ("config-device-unknown", ["live", "--config", "{config}"], 2,
      "[model] device: unknown device 'tpu'", '[model]\ndevice = "tpu"\n'),

@@ -9,6 +9,7 @@ on the consumer except where the sink itself applies back-pressure (offline mode
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from typing import Callable, Protocol
 
@@ -32,11 +33,16 @@ class AVSink(Protocol):
     def audio_overflow(self, count: int = 1) -> None:
         """The device dropped input (PortAudio's input overflow flag)."""
 
+    def video_stale(self, count: int = 1) -> None:
+        """Real time: the source dropped frames that were already older than the run's
+        staleness bound when decoded (a decoder slower than real time catching up)."""
+
     def end_of_stream(self, kind: str) -> None:
         """`kind` ("video" or "audio") will deliver nothing more."""
 
     def status(self, state: str, reason: str = "") -> None:
-        """`state` is "source_lost" or "source_back"; `reason` is one human-readable line."""
+        """`state` is "source_lost", "source_back" or "source_failed" (the source is dead: its
+        decoder raised, or a network read timed out; the run stops); `reason` is one line."""
 
 
 class Source(Protocol):
@@ -58,8 +64,11 @@ class StreamThreads:
     """The threads of a source that produces one thread per stream ("video", "audio").
 
     Each thread ends its stream on the sink however it exits; the first error it raises is kept
-    for `Source.error()` (after `translate`, which may turn library errors into StreamavErrors).
-    `sleep_until` paces real-time playback and returns early when the source is stopped.
+    for `Source.error()` (after `translate`, which may turn library errors into StreamavErrors)
+    and said at once with a `source_failed` status on the sink (the pipeline stops the run
+    then, rather than going on without that stream). An error raised after `stop()` (a network
+    read cut short by the stop) is no failure. `sleep_until` paces real-time playback and
+    returns early when the source is stopped.
     """
 
     def __init__(self, name: str,
@@ -75,7 +84,12 @@ class StreamThreads:
             try:
                 target(sink)
             except Exception as exc:  # kept for error(); the pipeline re-raises it
-                self.error = self._translate(kind, exc) if self._translate else exc
+                if self.stopped.is_set():
+                    return  # asked to stop: whatever the interrupted read raised is no fault
+                error = self._translate(kind, exc) if self._translate else exc
+                if self.error is None:
+                    self.error = error
+                sink.status("source_failed", " ".join(str(error).split()) or repr(error))
             finally:
                 sink.end_of_stream(kind)
 
@@ -89,9 +103,11 @@ class StreamThreads:
             self.stopped.wait(delay_ns / NS_PER_S)
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the threads to stop and wait for them, `timeout_s` in all."""
         self.stopped.set()
+        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(timeout=timeout_s)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class ReplayingSource(ABC):

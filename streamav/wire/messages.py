@@ -190,6 +190,7 @@ class Stats(TopicMessage, kw_only=True):
     frames: Count
     faces_found: Count
     dropped_frames: Count
+    stale_dropped: Count = 0  # of dropped_frames, those dropped as staler than the bound
     audio_overflows: Count
     audio_samples_lost: Count
     has_audio: bool
@@ -211,7 +212,8 @@ class Anchor(_Frozen, kw_only=True):
 
 
 class Status(TopicMessage, kw_only=True):
-    """`status`: started, source lost / back, stopping (new states may appear: a str)."""
+    """`status`: started, source lost / back / failed, reset, stopping (new states may appear:
+    a str)."""
 
     TOPIC: ClassVar[str] = TOPIC_STATUS
 
