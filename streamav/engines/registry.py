@@ -9,7 +9,9 @@
 
 Cached backends are built once per identity (weights, shapes, batch, precision, versions,
 device; see cache.py) with a parity check against eager over real frames and a latency
-measurement, both written to the manifest. Given the model folder's shipped step
+measurement, both written to the manifest. A damaged engine is rebuilt (cache.py), and so is a
+cached one that passes its checks but does not load: a named backend never fails on a damaged
+cache, and `auto` is never left on a slower backend by one. Given the model folder's shipped step
 (`shipped_onnx`, streamav.engines.shipped), the ONNX fp32 batch-1 CPU engine is that file
 rather than a new export, and its sha256 joins the identity (the cache keys it by its hash).
 A build's real frames (parity, INT8 calibration) come from the caller's `inputs`
@@ -175,6 +177,16 @@ def open_engine(model: StreamingModel, spec: EngineChoice, cache: EngineCache | 
         from streamav.engines.backends.compiled import CompiledEngine
 
         return CompiledEngine(spec, model)
+    cache = cache or EngineCache()
+    cached = build_or_load(model, spec, cache, inputs, parity_frames, weights_hash, shipped_onnx)
+    try:
+        return load_cached(model, spec, cached, threads)
+    except Exception as error:  # noqa: BLE001 - an engine that passed its checks yet fails
+        if cached.built:
+            raise
+        log.warning("engine %s in %s does not load (%s: %s): rebuilding it", spec.label,
+                    cached.folder, type(error).__name__, error)
+        cache.discard(cached.folder)
     cached = build_or_load(model, spec, cache, inputs, parity_frames, weights_hash, shipped_onnx)
     return load_cached(model, spec, cached, threads)
 
