@@ -64,11 +64,40 @@ def test_a_face_that_changed_follows_the_short_mean():
 def test_the_candidate_is_an_eleventh_gate_only_when_asked():
     assert Refiner(RefineConfig(), FPS).n_candidates == 10
     assert Refiner(RefineConfig(motion_filter=True), FPS).n_candidates == 11
+    assert Refiner(RefineConfig(motion_filter=True, motion_share=0.8), FPS).n_candidates == 10
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_a_shared_filter_takes_its_share_of_every_gate_but_the_mdvae_faces(share):
+    """With motion_share the 10 learned gates are kept; the filter replaces `share` of the
+    weight of the others, never of the MDVAE's face (an occluded mouth stays voice-driven)."""
+    torch.manual_seed(0)
+    plain = Refiner(RefineConfig(residual_scale=0.0), FPS).eval()
+    shared = Refiner(RefineConfig(residual_scale=0.0, motion_filter=True, motion_share=share),
+                     FPS).eval()
+    shared.load_state_dict(plain.state_dict())  # the same gate network: the v2 weights load
+    face, vq_face, mdvae_face = _face(1), _face(2), _face(3)
+    state = plain.advance(face, plain.initial_state(1))
+    filtered = shared.motion_filtered(state.face_means)
+    with torch.no_grad():
+        for refiner in (plain, shared):  # the MDVAE face's gate saturated off
+            refiner.head.bias[9] = -40.0
+        before = plain.fuse(face, state.face_means, vq_face, mdvae_face)
+        after = shared.fuse(face, state.face_means, vq_face, mdvae_face)
+        assert _mse(after, before) > 1e-5
+        assert torch.allclose(after, (1 - share) * before + share * filtered, atol=1e-5)
+        for refiner in (plain, shared):  # ... and on: it holds all the weight, nothing changes
+            refiner.head.bias[9] = 40.0
+        before = plain.fuse(face, state.face_means, vq_face, mdvae_face)
+        after = shared.fuse(face, state.face_means, vq_face, mdvae_face)
+        assert torch.allclose(before, mdvae_face, atol=1e-4)
+        assert torch.allclose(after, before, atol=1e-6)
 
 
 def test_a_folder_written_before_the_motion_filter_loads_without_it():
     data = preset("default").to_dict()
-    for key in ("motion_filter", "motion_filter_sigma_px", "motion_threshold", "motion_blur_px"):
+    for key in ("motion_filter", "motion_filter_sigma_px", "motion_threshold", "motion_blur_px",
+                "motion_share"):
         del data["refine"][key]
     cfg = ModelConfig.from_dict(json.loads(json.dumps(data)))
     assert cfg.refine.motion_filter is False

@@ -191,6 +191,11 @@ class RefineConfig:
     motion_filter_sigma_px: float = 0.8  # blur of the means it blends
     motion_threshold: float = 0.04  # mean |difference| of blurred means at which a pixel moves
     motion_blur_px: float = 2.0  # spatial smoothing of that difference
+    # How the filter enters the blend. 0: through an 11th learned gate. In (0, 1]: as this share
+    # of the weight the 10 learned gates give to everything but the MDVAE's face (the head keeps
+    # its 10 gates; where the gates trust the voice-driven face, e.g. an occluded mouth, the
+    # filter takes nothing from it)
+    motion_share: float = 0.0
 
     def validate(self) -> None:
         _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),
@@ -201,6 +206,7 @@ class RefineConfig:
         _check(self.residual_scale >= 0, "refine residual_scale must be >= 0")
         _check(self.motion_filter_sigma_px > 0 and self.motion_threshold > 0
                and self.motion_blur_px > 0, "refine motion filter settings must be positive")
+        _check(0.0 <= self.motion_share <= 1.0, "refine motion_share must be in 0..1")
         _check(not self.motion_filter or len(self.time_constants_s) >= 2,
                "refine motion_filter needs two or more time constants")
 
@@ -267,7 +273,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 _OPTIONAL_KEYS: dict[type, set[str]] = {
     RefineConfig: {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
-                     "motion_blur_px"},
+                     "motion_blur_px", "motion_share"},
 }
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
                               "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig,

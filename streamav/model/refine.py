@@ -74,7 +74,9 @@ class Refiner(nn.Module):
         width, up = cfg.width, cfg.up_width
         # candidates: x and the means, each also blurred, VQ-VAE face, MDVAE face; the gate
         # network reads x, the means and both decoded faces (the blurs are fixed filters of them)
-        self.n_candidates = 2 * (1 + self.n_means) + 2 + int(cfg.motion_filter)
+        self.shared_motion = cfg.motion_filter and cfg.motion_share > 0
+        self.n_candidates = 2 * (1 + self.n_means) + 2 + int(cfg.motion_filter
+                                                             and not self.shared_motion)
         n_in = 3 * (3 + self.n_means)
         self.down = nn.Conv2d(n_in, width, 3, stride=2, padding=1)  # 64 → 32
         self.body = nn.Sequential(*(layer for _ in range(cfg.body_layers) for layer in
@@ -145,10 +147,15 @@ class Refiner(nn.Module):
         head = self.head(torch.cat([F.relu(hidden), inputs], 1))  # (N, K + 3, 64, 64)
         gates = torch.softmax(head[:, :self.n_candidates], dim=1)  # (N, K, 64, 64)
         sharp = torch.cat([face, means], 1)  # (N, 3 (1 + n), 64, 64)
-        extra = [self.motion_filtered(means)] if self.cfg.motion_filter else []
+        extra = ([self.motion_filtered(means)] if self.cfg.motion_filter
+                 and not self.shared_motion else [])
         candidates = torch.cat([sharp, self.blur(sharp), vq_face, mdvae_face, *extra], 1)
         candidates = candidates.reshape(-1, self.n_candidates, 3, *face.shape[-2:])  # (N, K, 3, H, W)
         blend = (gates[:, :, None] * candidates).sum(1)
+        if self.shared_motion:  # the filter takes `share` of every gate but the MDVAE face's
+            share, mdvae_gate = self.cfg.motion_share, gates[:, -1:]  # (N, 1, H, W)
+            blend = ((1.0 - share) * blend + share * ((1.0 - mdvae_gate) * self.motion_filtered(means)
+                                                      + mdvae_gate * mdvae_face))
         return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)
 
     def forward(self, face: Tensor, state: RefineState, vq_face: Tensor, mdvae_face: Tensor
