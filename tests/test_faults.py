@@ -112,6 +112,7 @@ def test_corrupt_audio_mid_file_stops_the_run_with_a_status_within_a_second(tmp_
     saved = __import__("json").loads(stats_json.read_text())  # outputs kept up to the fault
     assert saved["stop_reason"].startswith("source failed: the audio decoder")
     assert 0 < saved["stats"]["frames"] < 56 * 2
+    assert isinstance(saved["stats"]["stale_dropped"], int)  # --stats-json reports it
 
 
 # -- network reads time out ------------------------------------------------------------------------
