@@ -108,11 +108,18 @@ docs/live.md, docs/config.md."""
 
 @app.command(epilog=LIVE_EXAMPLES)
 def live(
-    camera: Optional[str] = typer.Option(
-        None, help="Camera index or device path. (default: 0, unless --video)"),
-    video: Optional[str] = typer.Option(
+    camera: Optional[list[str]] = typer.Option(
+        None, help="Camera index or device path. (default: 0, unless --video) Repeat it (or "
+                   "--video) for several streams in one process."),
+    video: Optional[list[str]] = typer.Option(
         None, help="Video file or URL (PyAV) instead of a camera; its audio track is the audio "
-                   "unless --mic/--audio/--no-audio."),
+                   "unless --mic/--audio/--no-audio. Repeat it for several streams."),
+    streams: Optional[Path] = typer.Option(
+        None, help="A file of streams, one a line: [ID=]SOURCE, SOURCE a video file or URL or "
+                   "camera:INDEX (docs/live.md, several streams)."),
+    max_streams: Optional[int] = typer.Option(
+        None, help="Several streams: stream slots of the batched model step; a stream beyond "
+                   "them is refused with a status message. (default: 8)"),
     mic: Optional[str] = typer.Option(
         None, help="Microphone: 'default', an index or part of a name. (default: the default "
                    "microphone with a camera; none with --video)"),
@@ -184,12 +191,15 @@ def live(
         None, help="TOML config (docs/config.md); flags given win. (default: none)"),
 ) -> None:
     """Capture, run the front ends and the model, publish results until the input ends."""
+    videos, cameras = list(video or ()), list(camera or ())
     if demo:
-        if video is not None or camera is not None:
+        if videos or cameras or streams is not None:
             raise InputError("--demo plays the bundled clip: leave out --video and --camera")
-        video = str(demo_clip_path())
+        videos = [str(demo_clip_path())]
+    several = streams is not None or len(videos) + len(cameras) > 1
     overrides = {
-        "source.camera": camera, "source.video": video, "source.mic": mic, "source.audio": audio,
+        "source.camera": cameras[0] if cameras and not several else None,
+        "source.video": videos[0] if videos and not several else None, "source.mic": mic, "source.audio": audio,
         "source.no_audio": True if no_audio else None, "source.loop": True if loop else None,
         "camera.width_px": width, "camera.height_px": height, "camera.fps": fps,
         "publish.endpoint": publish, "publish.stream_id": stream_id,
@@ -204,8 +214,13 @@ def live(
         "model.folder": str(model) if model else None, "model.noise": noise,
         "model.enabled": False if no_model else None,
         "model.backend": backend, "model.device": device, "model.profile": profile,
+        "run.max_streams": max_streams,
     }
     from streamav.stop_signals import stop_on_signals
+
+    if several:
+        _live_streams(config, overrides, videos, cameras, streams)
+        return
 
     # From here on SIGINT, SIGTERM and SIGHUP abort the start-up, then end the run cleanly.
     with stop_on_signals(afterwards="ignore") as signals:  # the process exits right after
@@ -216,6 +231,35 @@ def live(
         typer.echo(f"streamav: {note}", err=True)
     typer.echo(final_line(outcome.summary.final_stats, outcome.summary.stop_reason,
                           outcome.emotion), err=True)
+
+
+def _live_streams(config: Optional[Path], overrides: dict, videos: list[str],
+                  cameras: list[str], streams: Optional[Path]) -> None:
+    """`streamav live` with several streams (streamav.multi_live): one line per stream at the
+    end, and a line per refused stream."""
+    from streamav.stop_signals import stop_on_signals
+
+    with stop_on_signals(afterwards="ignore") as signals:
+        from streamav.config import load_config
+        from streamav.multi_live import run_multi, stream_inputs
+
+        inputs = stream_inputs(videos, cameras, streams)
+        first = inputs[0]
+        # validated with the first stream's source; each stream's own is checked as it joins
+        config_ = load_config(config, {**overrides, "source.video": first.video,
+                                       "source.camera": first.camera})
+        result = run_multi(config_, inputs, signals)
+    for stream_id, final in result["streams"].items():
+        if final is not None:
+            line = final_line(final, result["stop_reasons"][stream_id], None)
+            typer.echo(f"streamav: stream {stream_id}: {line[len('streamav: '):]}", err=True)
+    for stream_id, error in result["errors"].items():
+        typer.echo(f"streamav: stream {stream_id} failed: {error}", err=True)
+    for stream_id in result["refused"]:
+        typer.echo(f"streamav: stream {stream_id} refused: all {result['slots']} stream slots "
+                   "were taken (--max-streams)", err=True)
+    if result["errors"]:
+        raise typer.Exit(6)
 
 
 def final_line(final: dict, stop_reason: str, emotion: str | None) -> str:
@@ -302,6 +346,8 @@ def subscribe(
     count: Optional[int] = typer.Option(None, help="Exit after this many messages."),
     timeout: Optional[float] = typer.Option(None, help="Exit if nothing arrives for this long (s)."),
     buffers_base64: bool = typer.Option(False, help="Print raw buffers as base64."),
+    stream: list[str] = typer.Option(
+        [], help="Only this stream id (repeatable; the envelope's `stream`); default: all."),
     server_key: Optional[Path] = typer.Option(None, help="The publisher's CURVE public key file."),
     client_key: Optional[Path] = typer.Option(
         None, help="This client's CURVE key pair (NAME.key_secret from streamav keys --client "
@@ -327,7 +373,7 @@ def subscribe(
 
     subscribe_to_jsonl(endpoint, tuple(topic) or ("",), count, sys.stdout, timeout_s=timeout,
                        buffers_base64=buffers_base64, curve_server_public_key_file=server_key,
-                       curve_client_secret_key_file=client_key)
+                       curve_client_secret_key_file=client_key, streams=tuple(stream))
 
 
 @app.command()

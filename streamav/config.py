@@ -10,7 +10,8 @@
     [model]    enabled, folder, noise, backend, device, precision, threads, engine_dir,
                profile
     [run]      realtime, max_staleness_s, preview, max_frames, duration_s, stats_interval_s,
-               stats_json, save_features, csv, write_video, record, lsl, face_lost_reset_s
+               stats_json, save_features, csv, write_video, record, lsl, face_lost_reset_s,
+               max_streams, gather_ms
 
 `load_config(path, overrides)` reads the file (every key optional), applies the flags that were
 given (a dict of "section.key" → value, None meaning "not given") and validates the result: every
@@ -104,6 +105,11 @@ class RunConfig:
     # The face gone longer than this (media time): a new person, every stage's state starts
     # again and a `status` `reset` says so (LivePipeline.reset)
     face_lost_reset_s: float = 2.0
+    # Several streams in one process (streamav.multi_live): the stream slots of the batched
+    # model step (the engine's batch); a stream beyond them is refused with a `status`
+    max_streams: int = 8
+    # how long a tick's first face waits for the other streams' faces before the step runs
+    gather_ms: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,8 @@ FLAGS = {
     "source.audio": "--audio", "source.loop": "--loop", "camera.width_px": "--width", "camera.height_px": "--height",
     "camera.fps": "--fps", "publish.endpoint": "--publish", "publish.control_endpoint": "--control",
     "publish.stream_id": "--stream-id", "publish.curve_secret_key_file": "--curve-secret-key",
-    "run.max_frames": "--max-frames", "run.duration_s": "--duration",
+    "run.max_frames": "--max-frames", "run.max_streams": "--max-streams",
+    "run.duration_s": "--duration",
     "run.stats_json": "--stats-json", "run.save_features": "--save-features",
     "run.csv": "--csv", "run.write_video": "--write-video", "run.record": "--record",
     "model.folder": "--model", "model.noise": "--noise", "model.backend": "--backend",
@@ -153,6 +160,7 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "model.threads": (1, 256),
     "run.max_frames": (1, None), "run.duration_s": (0.001, None),
     "run.stats_interval_s": (0.05, 3600), "run.face_lost_reset_s": (0.1, 86_400),
+    "run.max_streams": (1, 1024), "run.gather_ms": (0, 1000),
 }
 
 

@@ -7,18 +7,26 @@
 `step` returns None for a frame with a non-finite value anywhere (inputs, outputs or next
 state): it is counted in `nonfinite_count` and the state is reset, as `GuardedStream` does.
 
-- With PyTorch: `TorchRunner`, the model on the engine asked for (`--backend`, `auto`: ONNX
-  Runtime on a CPU), through the engine cache; the ONNX engine for batch 1, fp32, CPU is the
-  model folder's shipped step.onnx when it is current (its cache entry keyed by its sha256).
-  An engine built on first use checks its parity over the caller's real frames (`inputs`,
-  streamav.engines.inputs.EngineInputs).
-- Without PyTorch: `OnnxRuntimeRunner`, the folder's shipped step.onnx on ONNX Runtime with
+The runner is one slot of a `streamav.stream_slots.SlotRunner`, which holds the recurrent
+state of its streams and steps them together: `open_runner` is a runner of one slot on a
+batch-1 engine, `open_slots(folder, choice, capacity)` the slots of a many-stream run
+(`streamav live` with several inputs) on the engine built for batch `capacity`. Engines
+(`BatchEngine`: a static batch, numpy in and out):
+
+- With PyTorch: `TorchBatchEngine`, the model on the engine asked for (`--backend`, `auto`:
+  ONNX Runtime on a CPU), through the engine cache; the ONNX engine for batch 1, fp32, CPU is
+  the model folder's shipped step.onnx when it is current (its cache entry keyed by its
+  sha256). An engine built on first use checks its parity over the caller's real frames
+  (`inputs`, streamav.engines.inputs.EngineInputs).
+- Without PyTorch: `ShippedBatchEngine`, the folder's shipped step.onnx on ONNX Runtime with
   numpy (batch 1, CPU, fp32), when it was made from the folder's weights; other engine choices
-  need PyTorch and say so. Nothing on this path imports torch.
+  need PyTorch and say so (several streams then run one after the other in a tick). Nothing on
+  this path imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -30,6 +38,7 @@ from streamav.engines.choice import EngineChoice
 from streamav.engines.inputs import EngineInputs
 from streamav.engines.shipped import SHIPPED_ENGINE, STEP_FILE, ShippedStep, find_shipped_step
 from streamav.errors import MissingDependencyError
+from streamav.stream_slots import BatchEngine, SlotRunner
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +95,28 @@ def check_choice_here(choice: EngineChoice) -> None:
 def open_runner(folder: Path, choice: EngineChoice, threads: int = 1,
                 engine_dir: Path | None = None,
                 inputs: EngineInputs | None = None) -> StepRunner:
-    """The step of `folder`'s model on `choice` (batch 1). `threads`: intra-op threads of the
-    step; `engine_dir`: the engine cache (None: its default); `inputs`: real frames for an
-    engine that has to be built first (streamav.engines.inputs)."""
+    """The step of `folder`'s model on `choice`, for one stream: a slot of a one-slot
+    `SlotRunner` (the single-stream path is the many-stream path with one stream). `threads`:
+    intra-op threads of the step; `engine_dir`: the engine cache (None: its default); `inputs`:
+    real frames for an engine that has to be built first (streamav.engines.inputs)."""
+    return SlotRunner(open_batch_engine(folder, choice, threads, engine_dir, inputs), 1).join()
+
+
+def open_slots(folder: Path, choice: EngineChoice, capacity: int, threads: int = 1,
+               engine_dir: Path | None = None, inputs: EngineInputs | None = None,
+               gather_s: float = 0.005) -> SlotRunner:
+    """`capacity` stream slots stepped together on `choice`'s engine built for that batch
+    (with PyTorch; without it, the shipped batch-1 step once per stream of a tick)."""
+    engine = open_batch_engine(folder, dataclasses.replace(choice, batch=capacity), threads,
+                               engine_dir, inputs)
+    return SlotRunner(engine, capacity, gather_s)
+
+
+def open_batch_engine(folder: Path, choice: EngineChoice, threads: int = 1,
+                      engine_dir: Path | None = None,
+                      inputs: EngineInputs | None = None) -> BatchEngine:
+    """The step of `folder`'s model on `choice` (its static batch) behind numpy: with PyTorch
+    any engine (through the engine cache); without, the shipped step.onnx (batch 1)."""
     folder = Path(folder)
     shipped, why = find_shipped_step(folder)
     if not torch_importable():
@@ -96,24 +124,26 @@ def open_runner(folder: Path, choice: EngineChoice, threads: int = 1,
             raise MissingDependencyError(
                 f"the model in {folder} has no usable {STEP_FILE} ({why}) and needs PyTorch "
                 f"otherwise: {TORCH_HINT}")
-        problem = needs_torch_problem(choice)
+        problem = needs_torch_problem(dataclasses.replace(choice, batch=1))
         if problem:
             raise MissingDependencyError(problem)
         log.info("PyTorch is not installed: the model runs on %s with ONNX Runtime",
                  shipped.path)
-        return OnnxRuntimeRunner(shipped, threads)
+        if choice.batch > 1:
+            log.warning("without PyTorch there is no batch-%d engine: the %d streams of a tick "
+                        "run one after the other on the shipped batch-1 step", choice.batch,
+                        choice.batch)
+        return ShippedBatchEngine(shipped, threads)
     if shipped is None and (folder / STEP_FILE).exists():
         log.warning("%s not used (%s): the engine is exported from the weights instead",
                     folder / STEP_FILE, why)
-    return TorchRunner(folder, choice, threads, engine_dir, inputs, shipped)
+    return TorchBatchEngine(folder, choice, threads, engine_dir, inputs, shipped)
 
 
-def _all_finite(arrays) -> bool:
-    return all(bool(np.isfinite(a).all()) for a in arrays)
+class ShippedBatchEngine:
+    """The shipped step on ONNX Runtime with numpy (batch 1, no torch)."""
 
-
-class OnnxRuntimeRunner:
-    """The shipped step on ONNX Runtime with numpy, with the non-finite guard."""
+    batch = 1
 
     def __init__(self, shipped: ShippedStep, threads: int | None = 1) -> None:
         from streamav.engines.backends.onnx_numpy import NumpyOnnxStep
@@ -121,24 +151,18 @@ class OnnxRuntimeRunner:
         self._step = NumpyOnnxStep(shipped, threads)
         self.label = self._step.label
         self.labels = shipped.labels
-        self.nonfinite_count = 0
-        self._state = self._step.initial_state()
 
-    def step(self, spectrum: np.ndarray, face: np.ndarray) -> dict[str, np.ndarray] | None:
-        outputs, state = self._step.step(spectrum, face, self._state)
-        if _all_finite((spectrum, face, *outputs.values(), *state)):
-            self._state = state
-            return outputs
-        self.nonfinite_count += 1
-        self._state = self._step.initial_state()
-        return None
+    def initial_state(self) -> tuple[np.ndarray, ...]:
+        return self._step.initial_state()
 
-    def reset(self) -> None:
-        self._state = self._step.initial_state()
+    def run(self, spectrum: np.ndarray, face: np.ndarray, state: tuple[np.ndarray, ...]
+            ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
+        return self._step.step(spectrum, face, state)
 
 
-class TorchRunner:
-    """The model on a PyTorch-side engine (any backend), through `GuardedStream`."""
+class TorchBatchEngine:
+    """The model on a PyTorch-side engine (any backend) for `choice.batch` rows, numpy in and
+    out (on the CPU the ONNX engine's outputs share ONNX Runtime's buffers: no copy)."""
 
     def __init__(self, folder: Path, choice: EngineChoice, threads: int = 1,
                  engine_dir: Path | None = None, inputs: EngineInputs | None = None,
@@ -148,31 +172,32 @@ class TorchRunner:
         from streamav.engines import EngineCache
         from streamav.engines.registry import open_with_fallback
         from streamav.model.io import load_model
-        from streamav.model.streaming import GuardedStream
 
-        if choice.batch != 1:
-            raise ValueError(f"the live step runs one stream, not batch {choice.batch}")
         torch.set_num_threads(threads)  # by default one: the others decode and track
         self._torch = torch
         self.model = load_model(folder)
-        engine = open_with_fallback(self.model, choice, cache=EngineCache(engine_dir),
-                                    threads=threads, shipped_onnx=shipped, inputs=inputs)
-        self.label = engine.spec.label
+        self.engine = open_with_fallback(self.model, choice, cache=EngineCache(engine_dir),
+                                         threads=threads, shipped_onnx=shipped, inputs=inputs)
+        self.label = self.engine.spec.label
         self.labels = tuple(self.model.labels)
-        self._stream = GuardedStream(self.model, batch=1, step_fn=engine.step,
-                                     device=engine.device)
+        self.batch = self.engine.spec.batch
 
-    @property
-    def nonfinite_count(self) -> int:
-        return self._stream.nonfinite_count
+    def initial_state(self) -> tuple[np.ndarray, ...]:
+        return tuple(t.detach().cpu().numpy().copy() for t in self.engine.initial_state())
 
-    def step(self, spectrum: np.ndarray, face: np.ndarray) -> dict[str, np.ndarray] | None:
+    def run(self, spectrum: np.ndarray, face: np.ndarray, state: tuple[np.ndarray, ...]
+            ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
         torch = self._torch
-        out = self._stream.step(torch.from_numpy(np.ascontiguousarray(spectrum)),
-                                torch.from_numpy(np.ascontiguousarray(face)))
-        if out is None:
-            return None
-        return {name: value.detach().cpu().numpy() for name, value in out._asdict().items()}
+        from streamav.model.streaming import State
 
-    def reset(self) -> None:
-        self._stream.reset()
+        device = self.engine.device
+        with torch.inference_mode():
+            outputs, next_state = self.engine.step(
+                torch.from_numpy(spectrum), torch.from_numpy(face),
+                State(*(torch.from_numpy(np.ascontiguousarray(s)).to(device) for s in state)))
+        return ({name: _to_numpy(v) for name, v in outputs._asdict().items()},
+                tuple(_to_numpy(s) for s in next_state))
+
+
+def _to_numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy()

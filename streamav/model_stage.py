@@ -15,6 +15,8 @@ published for that frame. The stage is a `streamav.stage.Stage` (start, step, re
 
 The step runs through `streamav.model_runner`: on the engine asked for when PyTorch is
 installed, else on the model folder's shipped step.onnx with ONNX Runtime alone (no torch).
+In a many-stream run (streamav.multi_live) the stage is given its stream's `slot` of the
+run's shared `SlotRunner` instead of opening an engine of its own; `stop()` frees it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from streamav.engines.choice import EngineChoice
 from streamav.engines.inputs import EngineInputs
 from streamav.model.inputs import SPECTRUM_BINS, face_to_model
 from streamav.model_runner import StepRunner, check_choice_here, open_runner
+from streamav.stream_slots import SlotHandle
 from streamav.wire.messages import Emotion, EmotionChange, Latent, VideoDenoised
 
 __all__ = ["ModelMessages", "ModelStage", "default_model_folder"]
@@ -70,7 +73,7 @@ class ModelStage:
     def __init__(self, folder: Path, noise: Corruption | None = None, fps: float = 30.0,
                  seed: int = 0, engine: EngineChoice | None = None, threads: int = 1,
                  engine_dir: Path | None = None, engine_inputs: EngineInputs | None = None,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, slot: SlotHandle | None = None) -> None:
         self.folder = Path(folder)
         self.engine = engine or EngineChoice()
         check_choice_here(self.engine)  # now, before the run binds or opens anything
@@ -86,10 +89,14 @@ class ModelStage:
         self._emotion: EmotionStream | None = None
         self.profile_name = profile
         self.labels: tuple[str, ...] = ()
+        self._slot = slot
 
     def start(self) -> None:
-        runner = open_runner(self.folder, self.engine, self.threads, self.engine_dir,
-                             self.engine_inputs)
+        if self._slot is not None:  # a slot of a many-stream run's shared engine
+            runner: StepRunner = self._slot
+        else:
+            runner = open_runner(self.folder, self.engine, self.threads, self.engine_dir,
+                                 self.engine_inputs)
         if EmotionEstimator.present(self.folder):
             estimator = EmotionEstimator.load(self.folder)
             self._emotion = estimator.stream(self.fps, self._load_profile(estimator))
@@ -139,8 +146,19 @@ class ModelStage:
         if self._emotion is not None:
             self._emotion.reset()
 
+    def idle(self) -> None:
+        """A frame without a face: not stepped (the state is held); a many-stream tick does
+        not wait for this stream."""
+        idle = getattr(self._runner, "idle", None)
+        if idle is not None:
+            idle()
+
     def stop(self) -> None:
-        self._runner = None
+        """The stream leaves: its slot is freed (a many-stream run's next stream may take it)."""
+        runner, self._runner = self._runner, None
+        leave = getattr(runner if runner is not None else self._slot, "leave", None)
+        if leave is not None:
+            leave()
 
     def step(self, crop_rgb: np.ndarray, spectrum: np.ndarray | None, frame_seq: int,
              mesh_crop_xy: np.ndarray) -> ModelMessages | None:

@@ -86,6 +86,8 @@ class ModelStep(Stage[[np.ndarray, np.ndarray | None, int, np.ndarray], ModelMes
 
     def use_profile(self, name: str | None) -> None: ...
 
+    def idle(self) -> None: ...
+
 
 @dataclass
 class _PendingReset:
@@ -545,6 +547,8 @@ class LivePipeline:
             record("model", now_ns() - t0)
             if messages is not None:
                 self._publish_model(messages, frame.t_capture_ns)
+        elif self.model is not None:
+            self.model.idle()  # no face: its state is held
         self.stats.frame_done(face.found, skew_ns)
         self.latest = FrameResult(frame, face, level, spectrum, messages, audio_end)
         if self.on_frame is not None:

@@ -36,7 +36,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
      "display": ("streamav.run_view", "streamav.preview", "streamav.status_line")},
     # 3: the run's config (composed of the leaves' sections and the engine choice); the step
     #    behind one numpy interface
-    {"config": ("streamav.config",), "model_runner": ("streamav.model_runner",)},
+    {"config": ("streamav.config",), "model_runner": ("streamav.model_runner", "streamav.stream_slots")},
     # 4: the live model stage
     {"model_stage": ("streamav.model_stage",)},
     # 5: the live pipeline
@@ -48,7 +48,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
      "lsl_outlet": ("streamav.lsl_outlet",)},
     # 7: what the commands run: live, the corpus and its cache, calibration profiles, engine
     #    builds, device listing
-    {"live": ("streamav.live",), "corpus": ("streamav.corpus.*",),
+    {"live": ("streamav.live", "streamav.multi_live"), "corpus": ("streamav.corpus.*",),
      "calibrate": ("streamav.calibrate",), "build_engines": ("streamav.build_engines",),
      "devices": ("streamav.devices",), "replay": ("streamav.replay",)},
     # 8: training; benchmarks (the step and the live path)

@@ -74,6 +74,7 @@ class _Outgoing:
     buffers: tuple[bytes, ...]
     t_capture_ns: int
     t_enqueue_ns: int
+    stream: str | None = None  # None: the publisher's stream_id
 
 
 class Publisher(ListenerCounters):
@@ -130,7 +131,7 @@ class Publisher(ListenerCounters):
         self.dropped_at_stop = 0
         self.latency = LatencyHistogram()
         self._queue: queue.Queue[_Outgoing] = queue.Queue(maxsize=queue_size)
-        self._next_seq: dict[str, int] = {}
+        self._next_seq: dict[str | tuple[str, str], int] = {}
         self._enqueue_lock = threading.Lock()  # seq reservation + put, so queue order == seq order
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -195,7 +196,7 @@ class Publisher(ListenerCounters):
     # ---- the caller's side ----------------------------------------------------------------------
 
     def publish(self, message: TopicMessage, t_capture_ns: int,
-                buffers: Iterable[Buffer] = ()) -> bool:
+                buffers: Iterable[Buffer] = (), stream: str | None = None) -> bool:
         """Queue one typed message (streamav.wire.messages: Face, Emotion, ...) on its topic;
         never blocks. Returns False if it was dropped (queue full, stopped).
 
@@ -204,13 +205,18 @@ class Publisher(ListenerCounters):
         `video.denoised`'s pixels) are copied here, so the caller may reuse its arrays at once;
         the message is encoded here too (rounded and validated), so an invalid one raises
         TypeError or ValueError in the caller's thread.
+
+        `stream`: the envelope's stream id for this message (None: the publisher's
+        `stream_id`); each (stream, topic) has its own `seq`. A many-stream run publishes
+        every stream's messages on one socket this way (streamav.multi_live).
         """
         if not isinstance(message, TopicMessage) or not message.TOPIC:
             raise TypeError(f"publish() takes a streamav.wire.messages type, not "
                             f"{type(message).__qualname__} (a topic of your own: publish_map)")
         frames = tuple(protocol.buffer_to_bytes(b) for b in buffers)
         message.check_buffers(frames)
-        return self._enqueue(message.TOPIC, protocol.pack_message(message), frames, t_capture_ns)
+        return self._enqueue(message.TOPIC, protocol.pack_message(message), frames, t_capture_ns,
+                             stream)
 
     def publish_map(self, topic: str, payload: Mapping[str, Any], t_capture_ns: int,
                     buffers: Iterable[Buffer] = ()) -> bool:
@@ -228,14 +234,15 @@ class Publisher(ListenerCounters):
         return self._enqueue(topic, packed, frames, t_capture_ns)
 
     def _enqueue(self, topic: str, packed: PackedPayload, frames: tuple[bytes, ...],
-                 t_capture_ns: int) -> bool:
+                 t_capture_ns: int, stream: str | None = None) -> bool:
+        key = topic if stream is None else (stream, topic)
         with self._enqueue_lock:
-            seq = self._next_seq.get(topic, 0)
-            self._next_seq[topic] = seq + 1
+            seq = self._next_seq.get(key, 0)
+            self._next_seq[key] = seq + 1
             if self._closed:
                 self.dropped_at_stop += 1
                 return False
-            item = _Outgoing(topic, seq, packed, frames, int(t_capture_ns), now_ns())
+            item = _Outgoing(topic, seq, packed, frames, int(t_capture_ns), now_ns(), stream)
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
@@ -358,7 +365,8 @@ class Publisher(ListenerCounters):
         if isinstance(item.payload, bytes):  # replayed: the map holds its envelope already
             body = item.payload
         else:
-            envelope = Envelope(schema=SCHEMA_VERSION, stream=self.stream_id, seq=item.seq,
+            envelope = Envelope(schema=SCHEMA_VERSION, stream=item.stream or self.stream_id,
+                                seq=item.seq,
                                 t_capture=ns_to_s(item.t_capture_ns),
                                 t_publish=ns_to_s(t_publish_ns))
             body = protocol.pack_map(envelope, item.payload)

@@ -186,19 +186,30 @@ def subscribe_to_jsonl(
     buffers_base64: bool = False,
     curve_server_public_key_file: Path | None = None,
     curve_client_secret_key_file: Path | None = None,
+    streams: Iterable[str] = (),
 ) -> int:
     """Print messages as JSON lines on `out` (one object per line, flushed); return how many.
 
     Stops after `count` messages (None: no limit), or when no message has arrived for
     `timeout_s` seconds (None: wait forever). The line format is `message_to_json`'s.
+    `streams`: print only the messages of these stream ids (the envelope's `stream`; a
+    many-stream `streamav live` publishes several on one socket); empty: every stream. `count`
+    and `timeout_s` count the printed messages only.
     """
+    wanted = frozenset(streams)
     printed = 0
     with Subscriber(endpoint, topics, curve_server_public_key_file=curve_server_public_key_file,
                     curve_client_secret_key_file=curve_client_secret_key_file) as sub:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while count is None or printed < count:
-            message = sub.recv(timeout_s=timeout_s)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = sub.recv(timeout_s=left)
             if message is None:
                 break
+            if wanted and message.stream not in wanted:
+                continue
+            if timeout_s is not None:
+                deadline = time.monotonic() + timeout_s
             out.write(json.dumps(message_to_json(message, buffers_base64), allow_nan=False) + "\n")
             out.flush()
             printed += 1
