@@ -46,6 +46,7 @@ from streamav.model_stage import ModelStage
 from streamav.offline_features import OfflineInputs
 from streamav.pipeline import FrameResult, LivePipeline, RunSummary
 from streamav.sources.factory import build_sources
+from streamav.sources.media_file import is_url
 from streamav.stream_slots import AdmissionRefused, SlotRunner
 from streamav.wire.messages import Anchor, Status, TopicMessage
 from streamav.wire.publisher import Publisher
@@ -225,6 +226,20 @@ class MultiRun:
             self.slots.gather_s = self.gather_s
             log.info("%d stream slots on %s", self.slots.capacity, self.slots.label)
 
+    def stream_config(self, stream: StreamInput) -> LiveConfig:
+        """The run's config with this stream's source, checked (InputError): its settings
+        together, and that a video file exists (before any engine is built)."""
+        config = dataclasses.replace(self.config, source=dataclasses.replace(
+            self.config.source, video=stream.video, camera=stream.camera))
+        if stream.max_frames is not None:
+            config = dataclasses.replace(config, run=dataclasses.replace(
+                config.run, max_frames=stream.max_frames))
+        validate(config, set())
+        video = stream.video
+        if video is not None and not is_url(video) and not Path(video).exists():
+            raise InputError(f"stream {stream.stream_id}: no such file: {video}")
+        return config
+
     def add(self, stream: StreamInput) -> LivePipeline | None:
         """Start a stream now (its own thread); None when it is refused (all slots taken)."""
         if not self._started:
@@ -248,12 +263,7 @@ class MultiRun:
                     Status(state="refused", reason=reason, anchor=_anchor()), now_ns(),
                     stream=stream.stream_id)
                 return None
-            config = dataclasses.replace(self.config, source=dataclasses.replace(
-                self.config.source, video=stream.video, camera=stream.camera))
-            if stream.max_frames is not None:
-                config = dataclasses.replace(config, run=dataclasses.replace(
-                    config.run, max_frames=stream.max_frames))
-            validate(config, set())  # this stream's sources with the run's settings
+            config = self.stream_config(stream)
             model = None
             if self.template is not None:
                 t = self.template
@@ -343,6 +353,8 @@ def run_multi(config: LiveConfig, streams: list[StreamInput], signals=None) -> d
     "errors": {id: message}, "engine": label}."""
     check_multi_config(config)
     run = MultiRun(config)
+    for stream in streams:
+        run.stream_config(stream)  # every stream's source checked before anything is built
     if signals is not None:
         signals.pipeline = run
     try:

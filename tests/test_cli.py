@@ -227,8 +227,10 @@ def test_non_loopback_publish_needs_curve_keys():
 
 
 def test_conflicting_options():
+    # a camera and a video are two streams (docs/live.md): each checked before the engine
     result = run_cli("live", "--camera", "0", "--video", "x.mp4", "--no-preview")
-    _assert_clean_failure(result, 2, "either --camera or --video")
+    _assert_clean_failure(result, 2, "stream s0: no such file: x.mp4")
+    assert "engine" not in result.stderr
     result = run_cli("live", "--camera", "0", "--no-realtime", "--no-preview", "--no-audio")
     _assert_clean_failure(result, 2, "--no-realtime needs file sources")
 
