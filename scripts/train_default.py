@@ -49,6 +49,30 @@ GRID_SPEAKERS = {"id2_vcd_swwp2s": "pwij3p"}
 GRID_HELD_OUT = ("lbax4n", "lwbsza", "swiz3n")
 
 
+# The motion-adaptive filter's share of the identity path's gates (RefineConfig.motion_share):
+# chosen on the training cache's validation speakers and its GRID training clips, never on the
+# evaluation's (docs/model.md, "The motion-adaptive candidate").
+MOTION_SHARE = 0.8
+
+
+def set_motion_share(model: Path, share: float) -> None:
+    """Rewrite the model folder with the filter's share (no weights change; idempotent)."""
+    import dataclasses
+
+    from streamav.model.io import load_model, save_model
+    from streamav.model.streaming import StreamingModel
+
+    trained = load_model(model)
+    refine = dataclasses.replace(trained.cfg.refine, motion_filter=share > 0,
+                                 motion_share=max(0.0, share))
+    if refine == trained.cfg.refine:
+        return
+    shared = StreamingModel(dataclasses.replace(trained.cfg, refine=refine))
+    shared.load_state_dict(trained.state_dict())
+    save_model(shared, model, extra=json.loads((model / "config.json").read_text()).get("extra", {}))
+    print(f"+ motion_share {share} in {model}", flush=True)
+
+
 def run(*args: str) -> None:
     """One streamav command, its output shown; stops the script if it fails."""
     command = [sys.executable, "-m", "streamav", *args]
@@ -173,6 +197,9 @@ def main() -> int:
     parser.add_argument("--eval-synth", type=Path, default=None,
                         help="a synthetic corpus of a fresh seed, all of it held out: the "
                              "evaluation's synthetic test speakers (default: the test split)")
+    parser.add_argument("--motion-share", type=float, default=MOTION_SHARE,
+                        help="after the refine stage: the share of the learned gates (all but "
+                             "the MDVAE face's) given to the motion-adaptive filter (0: off)")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per stage")
     parser.add_argument("--install", action="store_true",
                         help="copy the model (fp16) into streamav/data/model/")
@@ -222,6 +249,7 @@ def main() -> int:
               "--steps", str(steps), "--seed", str(args.seed),
               "--threads", str(args.threads),
               *(["--window-frames", str(args.mdvae_window)] if stage == "mdvae" else []))
+    set_motion_share(model, args.motion_share)
     timed("emotion", "train", "emotion", "--cache", str(work / "cache_emotion"), "--out",
           str(model))
     if args.eval_synth is not None:

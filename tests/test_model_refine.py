@@ -104,3 +104,33 @@ def test_a_folder_written_before_the_motion_filter_loads_without_it():
     with pytest.raises(ValueError, match="missing keys"):
         del data["refine"]["blur_sigma_px"]
         ModelConfig.from_dict(data)
+
+
+def test_the_mdvae_face_keeps_only_a_confident_gate():
+    """mdvae_gate_threshold t: a gate >= 2 t (an occluded mouth) is kept whole, one <= t gives
+    the MDVAE face nothing (its weight goes to the filter), and the weights still sum to one."""
+    shared = Refiner(RefineConfig(motion_filter=True, motion_share=0.8), FPS)
+    thresholded = Refiner(RefineConfig(motion_filter=True, motion_share=0.8,
+                                       mdvae_gate_threshold=0.25), FPS)
+    state = shared.advance(_face(0), shared.initial_state(1))
+    blend_others, mdvae_face = _face(4), _face(5)
+    filtered = shared.motion_filtered(state.face_means)
+    for g in (0.6, 0.9):  # confident: the same as without a threshold
+        gate = torch.full((1, 1, 64, 64), g)
+        blend = (1 - g) * blend_others + g * mdvae_face
+        assert torch.allclose(thresholded._share_with_filter(blend, gate, mdvae_face, state.face_means),
+                              shared._share_with_filter(blend, gate, mdvae_face, state.face_means),
+                              atol=1e-6)
+    g = 0.2
+    gate = torch.full((1, 1, 64, 64), g)
+    outputs = [thresholded._share_with_filter((1 - g) * blend_others + g * face, gate, face,
+                                              state.face_means) for face in (mdvae_face, _face(6))]
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-6)  # the MDVAE face has no say
+    expected = 0.2 * (1 - g) * blend_others + (0.8 * (1 - g) + g) * filtered
+    assert torch.allclose(outputs[0], expected, atol=1e-6)
+    g = 0.375  # half way: keeps half its gate
+    gate = torch.full((1, 1, 64, 64), g)
+    out = thresholded._share_with_filter((1 - g) * blend_others + g * mdvae_face, gate, mdvae_face,
+                                         state.face_means)
+    expected = 0.2 * (1 - g) * blend_others + (0.8 * (1 - g) + g / 2) * filtered + g / 2 * mdvae_face
+    assert torch.allclose(out, expected, atol=1e-6)

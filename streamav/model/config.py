@@ -196,6 +196,10 @@ class RefineConfig:
     # its 10 gates; where the gates trust the voice-driven face, e.g. an occluded mouth, the
     # filter takes nothing from it)
     motion_share: float = 0.0
+    # With motion_share: the MDVAE face keeps its gate g only where g >= 2 t (an occluded mouth,
+    # ~0.75), none of it where g <= t, linearly between; the rest goes to the filter. On faces
+    # unlike the training ones the voice can drive the MDVAE face far off (0: keep g as is)
+    mdvae_gate_threshold: float = 0.0
 
     def validate(self) -> None:
         _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),
@@ -207,6 +211,8 @@ class RefineConfig:
         _check(self.motion_filter_sigma_px > 0 and self.motion_threshold > 0
                and self.motion_blur_px > 0, "refine motion filter settings must be positive")
         _check(0.0 <= self.motion_share <= 1.0, "refine motion_share must be in 0..1")
+        _check(0.0 <= self.mdvae_gate_threshold <= 0.5,
+               "refine mdvae_gate_threshold must be in 0..0.5")
         _check(not self.motion_filter or len(self.time_constants_s) >= 2,
                "refine motion_filter needs two or more time constants")
 
@@ -273,7 +279,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 _OPTIONAL_KEYS: dict[type, set[str]] = {
     RefineConfig: {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
-                     "motion_blur_px", "motion_share"},
+                     "motion_blur_px", "motion_share", "mdvae_gate_threshold"},
 }
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
                               "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig,

@@ -152,11 +152,20 @@ class Refiner(nn.Module):
         candidates = torch.cat([sharp, self.blur(sharp), vq_face, mdvae_face, *extra], 1)
         candidates = candidates.reshape(-1, self.n_candidates, 3, *face.shape[-2:])  # (N, K, 3, H, W)
         blend = (gates[:, :, None] * candidates).sum(1)
-        if self.shared_motion:  # the filter takes `share` of every gate but the MDVAE face's
-            share, mdvae_gate = self.cfg.motion_share, gates[:, -1:]  # (N, 1, H, W)
-            blend = ((1.0 - share) * blend + share * ((1.0 - mdvae_gate) * self.motion_filtered(means)
-                                                      + mdvae_gate * mdvae_face))
+        if self.shared_motion:
+            blend = self._share_with_filter(blend, gates[:, -1:], mdvae_face, means)
         return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)
+
+    def _share_with_filter(self, blend: Tensor, mdvae_gate: Tensor, mdvae_face: Tensor,
+                           means: Tensor) -> Tensor:
+        """The learned blend → the filter takes `motion_share` of every gate but the MDVAE
+        face's, and the MDVAE face keeps only a confident gate (`mdvae_gate_threshold`)."""
+        share, threshold = self.cfg.motion_share, self.cfg.mdvae_gate_threshold
+        keep = mdvae_gate if threshold == 0 else mdvae_gate * torch.clamp(
+            (mdvae_gate - threshold) / threshold, 0.0, 1.0)  # (N, 1, H, W)
+        to_filter = share * (1.0 - mdvae_gate) + (mdvae_gate - keep)
+        return ((1.0 - share) * (blend - mdvae_gate * mdvae_face)
+                + to_filter * self.motion_filtered(means) + keep * mdvae_face)
 
     def forward(self, face: Tensor, state: RefineState, vq_face: Tensor, mdvae_face: Tensor
                 ) -> tuple[Tensor, RefineState]:
