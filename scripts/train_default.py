@@ -24,8 +24,10 @@ path alone, 67 min on the 2-core CPU (2 threads) plus ~6 min of caching and ~10 
 (v2 itself ran its first 1,600 refine steps before real-face windows were drawn with
 probability 0.35; the recipe now draws them from the start). v2.1 (the emotion estimator) is v2
 plus `streamav train emotion --cache <synth20 cache>` (5 min: the w head runs the model over
-480 clips; the estimator's own fit is ~15 s). All stages take --device cuda through
-`streamav train` unchanged.
+480 clips; the estimator's own fit is ~15 s). v2.3 is v2.2's weights unchanged with the
+motion-adaptive filter in the identity path (`--motion-share 0.8`, MDVAE gate threshold 0.25,
+both defaults now; no training: set_motion_share rewrites the folder's config). All stages take
+--device cuda through `streamav train` unchanged.
 """
 
 from __future__ import annotations
@@ -53,10 +55,14 @@ GRID_HELD_OUT = ("lbax4n", "lwbsza", "swiz3n")
 # chosen on the training cache's validation speakers and its GRID training clips, never on the
 # evaluation's (docs/model.md, "The motion-adaptive candidate").
 MOTION_SHARE = 0.8
+# ... and the MDVAE face's gate below which it gives its weight to the filter
+# (RefineConfig.mdvae_gate_threshold), chosen the same way.
+MDVAE_GATE_THRESHOLD = 0.25
 
 
-def set_motion_share(model: Path, share: float) -> None:
-    """Rewrite the model folder with the filter's share (no weights change; idempotent)."""
+def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_THRESHOLD) -> None:
+    """Rewrite the model folder with the filter's share and the MDVAE face's gate threshold
+    (no weights change; idempotent)."""
     import dataclasses
 
     from streamav.model.io import load_model, save_model
@@ -64,13 +70,15 @@ def set_motion_share(model: Path, share: float) -> None:
 
     trained = load_model(model)
     refine = dataclasses.replace(trained.cfg.refine, motion_filter=share > 0,
-                                 motion_share=max(0.0, share))
+                                 motion_share=max(0.0, share),
+                                 mdvae_gate_threshold=threshold if share > 0 else 0.0)
     if refine == trained.cfg.refine:
         return
     shared = StreamingModel(dataclasses.replace(trained.cfg, refine=refine))
     shared.load_state_dict(trained.state_dict())
     save_model(shared, model, extra=json.loads((model / "config.json").read_text()).get("extra", {}))
-    print(f"+ motion_share {share} in {model}", flush=True)
+    print(f"+ motion_share {share}, mdvae_gate_threshold {refine.mdvae_gate_threshold} in "
+          f"{model}", flush=True)
 
 
 def run(*args: str) -> None:
