@@ -26,7 +26,8 @@ probability 0.35; the recipe now draws them from the start). v2.1 (the emotion e
 plus `streamav train emotion --cache <synth20 cache>` (5 min: the w head runs the model over
 480 clips; the estimator's own fit is ~15 s). v2.3 is v2.2's weights unchanged with the
 motion-adaptive filter in the identity path (`--motion-share 0.8`, MDVAE gate threshold 0.25,
-both defaults now; no training: set_motion_share rewrites the folder's config). All stages take
+the MDVAE face only inside an ellipse over eyes and mouth; all defaults now; no training:
+set_motion_share rewrites the folder's config). All stages take
 --device cuda through `streamav train` unchanged.
 """
 
@@ -58,11 +59,14 @@ MOTION_SHARE = 0.8
 # ... and the MDVAE face's gate below which it gives its weight to the filter
 # (RefineConfig.mdvae_gate_threshold), chosen the same way.
 MDVAE_GATE_THRESHOLD = 0.25
+# ... and the part of the crop where the MDVAE face may be used at all (RefineConfig.mdvae_region:
+# an ellipse over the eyes and the mouth, from the template's geometry, not searched).
+MDVAE_REGION = (0.49, 0.52, 0.375, 0.344)
 
 
 def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_THRESHOLD) -> None:
-    """Rewrite the model folder with the filter's share and the MDVAE face's gate threshold
-    (no weights change; idempotent)."""
+    """Rewrite the model folder with the filter's share, the MDVAE face's gate threshold and
+    region (no weights change; idempotent)."""
     import dataclasses
 
     from streamav.model.io import load_model, save_model
@@ -71,7 +75,8 @@ def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_TH
     trained = load_model(model)
     refine = dataclasses.replace(trained.cfg.refine, motion_filter=share > 0,
                                  motion_share=max(0.0, share),
-                                 mdvae_gate_threshold=threshold if share > 0 else 0.0)
+                                 mdvae_gate_threshold=threshold if share > 0 else 0.0,
+                                 mdvae_region=MDVAE_REGION if share > 0 else ())
     if refine == trained.cfg.refine:
         return
     shared = StreamingModel(dataclasses.replace(trained.cfg, refine=refine))

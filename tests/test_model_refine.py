@@ -134,3 +134,30 @@ def test_the_mdvae_face_keeps_only_a_confident_gate():
                                          state.face_means)
     expected = 0.2 * (1 - g) * blend_others + (0.8 * (1 - g) + g / 2) * filtered + g / 2 * mdvae_face
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_the_mdvae_face_is_used_only_inside_its_region():
+    """mdvae_region: outside the ellipse (hair, shoulders, background: a training identity's in
+    the MDVAE face) even a confident gate gives the MDVAE face nothing; inside, it is kept."""
+    from streamav.frontend.corruption import parse_corruption
+    from streamav.model.refine import ellipse_mask
+
+    region = (0.49, 0.52, 0.375, 0.344)
+    mask = ellipse_mask(region, 64)[0, 0]
+    for box in ("occlude_mouth", "occlude_eyes"):  # the occlusions it must cover
+        assert bool((mask[torch.from_numpy(parse_corruption(box).region_mask(64))] == 1).all())
+    assert float(mask[56:, :8].max()) == 0.0 and float(mask[:4].max()) == 0.0
+    everywhere = Refiner(RefineConfig(motion_filter=True, motion_share=0.8), FPS)
+    inside = Refiner(RefineConfig(motion_filter=True, motion_share=0.8, mdvae_region=region), FPS)
+    state = everywhere.advance(_face(0), everywhere.initial_state(1))
+    others, mdvae_face, g = _face(4), _face(5), 0.9
+    gate = torch.full((1, 1, 64, 64), g)
+    blend = (1 - g) * others + g * mdvae_face
+    kept = everywhere._share_with_filter(blend, gate, mdvae_face, state.face_means)
+    masked = inside._share_with_filter(blend, gate, mdvae_face, state.face_means)
+    filtered = everywhere.motion_filtered(state.face_means)
+    full = mask == 1
+    assert torch.allclose(masked[..., full], kept[..., full], atol=1e-6)
+    outside = mask == 0
+    expected = 0.2 * (1 - g) * others + (0.8 * (1 - g) + g) * filtered
+    assert torch.allclose(masked[..., outside], expected[..., outside], atol=1e-6)

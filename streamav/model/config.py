@@ -200,6 +200,11 @@ class RefineConfig:
     # ~0.75), none of it where g <= t, linearly between; the rest goes to the filter. On faces
     # unlike the training ones the voice can drive the MDVAE face far off (0: keep g as is)
     mdvae_gate_threshold: float = 0.0
+    # With motion_share: the MDVAE face is used only inside this ellipse of the crop (centre x, y,
+    # radius x, y, in crop widths; it covers the eyes and the mouth). Outside it, hair, shoulders
+    # and background are a training identity's in the MDVAE face, never the new person's (a
+    # real speaker's grey hair drew its gate to 1). (): everywhere
+    mdvae_region: tuple[float, ...] = ()
 
     def validate(self) -> None:
         _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),
@@ -213,6 +218,8 @@ class RefineConfig:
         _check(0.0 <= self.motion_share <= 1.0, "refine motion_share must be in 0..1")
         _check(0.0 <= self.mdvae_gate_threshold <= 0.5,
                "refine mdvae_gate_threshold must be in 0..0.5")
+        _check(len(self.mdvae_region) in (0, 4) and all(v > 0 for v in self.mdvae_region),
+               "refine mdvae_region must be () or (centre x, centre y, radius x, radius y) > 0")
         _check(not self.motion_filter or len(self.time_constants_s) >= 2,
                "refine motion_filter needs two or more time constants")
 
@@ -279,7 +286,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 _OPTIONAL_KEYS: dict[type, set[str]] = {
     RefineConfig: {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
-                     "motion_blur_px", "motion_share", "mdvae_gate_threshold"},
+                     "motion_blur_px", "motion_share", "mdvae_gate_threshold", "mdvae_region"},
 }
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
                               "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig,

@@ -55,6 +55,16 @@ def gaussian_kernel(sigma_px: float) -> Tensor:
     return (g[:, None] * g[None, :]).expand(3, 1, -1, -1).contiguous()
 
 
+def ellipse_mask(region: tuple[float, ...], size_px: int) -> Tensor:
+    """(1, 1, size, size): 1 inside the ellipse (centre x, y, radius x, y in image widths),
+    falling to 0 over ~2 px at its edge."""
+    cx, cy, rx, ry = (v * size_px for v in region)
+    centres = torch.arange(size_px, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(centres, centres, indexing="ij")
+    radius = torch.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)  # 1 on the edge
+    return torch.clamp((1.0 - radius) * min(rx, ry) / 2.0 + 0.5, 0.0, 1.0)[None, None]
+
+
 class Refiner(nn.Module):
     """Running means of the input (state) + a gated fusion of the candidate faces."""
 
@@ -70,6 +80,9 @@ class Refiner(nn.Module):
             self.register_buffer("motion_kernel", gaussian_kernel(cfg.motion_filter_sigma_px),
                                  persistent=False)
             self.register_buffer("motion_blur_kernel", gaussian_kernel(cfg.motion_blur_px)[:1],
+                                 persistent=False)
+        if cfg.mdvae_region:
+            self.register_buffer("mdvae_region", ellipse_mask(cfg.mdvae_region, 64),
                                  persistent=False)
         width, up = cfg.width, cfg.up_width
         # candidates: x and the means, each also blurred, VQ-VAE face, MDVAE face; the gate
@@ -163,6 +176,8 @@ class Refiner(nn.Module):
         share, threshold = self.cfg.motion_share, self.cfg.mdvae_gate_threshold
         keep = mdvae_gate if threshold == 0 else mdvae_gate * torch.clamp(
             (mdvae_gate - threshold) / threshold, 0.0, 1.0)  # (N, 1, H, W)
+        if self.cfg.mdvae_region:
+            keep = keep * self.mdvae_region
         to_filter = share * (1.0 - mdvae_gate) + (mdvae_gate - keep)
         return ((1.0 - share) * (blend - mdvae_gate * mdvae_face)
                 + to_filter * self.motion_filtered(means) + keep * mdvae_face)
