@@ -28,15 +28,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from streamav.host import streamav_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_OF = {"ANG": "angry", "DIS": "disgusted", "FEA": "fear", "HAP": "happy",
             "NEU": "neutral", "SAD": "sad"}
-
-
-def streamav_command() -> list[str]:
-    script = Path(sys.executable).with_name("streamav")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "streamav"]
 
 
 def cli(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

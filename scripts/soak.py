@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,20 +41,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
+from streamav.host import streamav_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RSS_GROWTH_LIMIT_MB = 50.0
 P99_RATIO_LIMIT = 1.2
 _STARTUP_TIMEOUT_S = 180.0  # imports, face tracker, the model's engine built on first use
-
-
-def streamav_command() -> list[str]:
-    """The console script beside this Python, else `python -m streamav`."""
-    script = Path(sys.executable).with_name("streamav")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("streamav")
-    return [found] if found else [sys.executable, "-m", "streamav"]
 
 
 def free_port() -> int:

@@ -45,3 +45,16 @@ def file_sha256(path: Path | str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def streamav_command() -> list[str]:
+    """How to run this installation's `streamav` in a subprocess: the console script beside
+    this Python, else the one on PATH, else `python -m streamav` (scripts/ and the tests)."""
+    import shutil
+    import sys
+
+    script = Path(sys.executable).with_name("streamav")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("streamav")
+    return [found] if found else [sys.executable, "-m", "streamav"]

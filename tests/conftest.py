@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+
+from streamav.host import streamav_command  # noqa: F401  (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -81,15 +81,6 @@ def free_tcp_port() -> int:
 @pytest.fixture
 def endpoint() -> str:
     return f"tcp://127.0.0.1:{free_tcp_port()}"
-
-
-def streamav_command() -> list[str]:
-    """The installed console script if on PATH beside this Python, else `python -m streamav`."""
-    script = Path(sys.executable).with_name("streamav")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("streamav")
-    return [found] if found else [sys.executable, "-m", "streamav"]
 
 
 def cli_env() -> dict[str, str]:
