@@ -73,10 +73,11 @@ def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_TH
     from streamav.model.streaming import StreamingModel
 
     trained = load_model(model)
-    refine = dataclasses.replace(trained.cfg.refine, motion_filter=share > 0,
-                                 motion_share=max(0.0, share),
-                                 mdvae_gate_threshold=threshold if share > 0 else 0.0,
-                                 mdvae_region=MDVAE_REGION if share > 0 else ())
+    on = share > 0
+    refine = dataclasses.replace(trained.cfg.refine, motion_filter=on,
+                                 motion_share=share if on else trained.cfg.refine.motion_share,
+                                 mdvae_gate_threshold=threshold if on else 0.0,
+                                 mdvae_region=MDVAE_REGION if on else ())
     if refine == trained.cfg.refine:
         return
     shared = StreamingModel(dataclasses.replace(trained.cfg, refine=refine))

@@ -61,10 +61,11 @@ def test_a_face_that_changed_follows_the_short_mean():
     assert _mse(filtered, after) < 0.2 * _mse(longest, after)
 
 
-def test_the_candidate_is_an_eleventh_gate_only_when_asked():
+def test_the_filter_adds_no_gate_and_a_share_must_be_positive():
     assert Refiner(RefineConfig(), FPS).n_candidates == 10
-    assert Refiner(RefineConfig(motion_filter=True), FPS).n_candidates == 11
-    assert Refiner(RefineConfig(motion_filter=True, motion_share=0.8), FPS).n_candidates == 10
+    assert Refiner(RefineConfig(motion_filter=True), FPS).n_candidates == 10
+    with pytest.raises(ValueError, match="motion_share"):
+        RefineConfig(motion_filter=True, motion_share=0.0).validate()
 
 
 @pytest.mark.parametrize("share", [0.5, 1.0])
@@ -117,20 +118,20 @@ def test_the_mdvae_face_keeps_only_a_confident_gate():
     filtered = shared.motion_filtered(state.face_means)
     for g in (0.6, 0.9):  # confident: the same as without a threshold
         gate = torch.full((1, 1, 64, 64), g)
-        blend = (1 - g) * blend_others + g * mdvae_face
+        blend = (1 - g) * blend_others  # the other candidates' blend: their gates sum to 1 - g
         assert torch.allclose(thresholded._share_with_filter(blend, gate, mdvae_face, state.face_means),
                               shared._share_with_filter(blend, gate, mdvae_face, state.face_means),
                               atol=1e-6)
     g = 0.2
     gate = torch.full((1, 1, 64, 64), g)
-    outputs = [thresholded._share_with_filter((1 - g) * blend_others + g * face, gate, face,
+    outputs = [thresholded._share_with_filter((1 - g) * blend_others, gate, face,
                                               state.face_means) for face in (mdvae_face, _face(6))]
     assert torch.allclose(outputs[0], outputs[1], atol=1e-6)  # the MDVAE face has no say
     expected = 0.2 * (1 - g) * blend_others + (0.8 * (1 - g) + g) * filtered
     assert torch.allclose(outputs[0], expected, atol=1e-6)
     g = 0.375  # half way: keeps half its gate
     gate = torch.full((1, 1, 64, 64), g)
-    out = thresholded._share_with_filter((1 - g) * blend_others + g * mdvae_face, gate, mdvae_face,
+    out = thresholded._share_with_filter((1 - g) * blend_others, gate, mdvae_face,
                                          state.face_means)
     expected = 0.2 * (1 - g) * blend_others + (0.8 * (1 - g) + g / 2) * filtered + g / 2 * mdvae_face
     assert torch.allclose(out, expected, atol=1e-6)
@@ -152,7 +153,7 @@ def test_the_mdvae_face_is_used_only_inside_its_region():
     state = everywhere.advance(_face(0), everywhere.initial_state(1))
     others, mdvae_face, g = _face(4), _face(5), 0.9
     gate = torch.full((1, 1, 64, 64), g)
-    blend = (1 - g) * others + g * mdvae_face
+    blend = (1 - g) * others
     kept = everywhere._share_with_filter(blend, gate, mdvae_face, state.face_means)
     masked = inside._share_with_filter(blend, gate, mdvae_face, state.face_means)
     filtered = everywhere.motion_filtered(state.face_means)

@@ -185,22 +185,20 @@ class RefineConfig:
     body_layers: int = 3
     up_width: int = 16  # channels brought back to 64x64
     residual_scale: float = 0.2  # the residual is residual_scale * tanh(.)
-    # An 11th candidate: a motion-adaptive temporal filter of the running means (refine.py);
-    # off in folders made before it (their head has 10 gates)
+    # A motion-adaptive temporal filter of the running means (refine.py) blended in; off in
+    # folders made before it
     motion_filter: bool = False
     motion_filter_sigma_px: float = 0.8  # blur of the means it blends
     motion_threshold: float = 0.04  # mean |difference| of blurred means at which a pixel moves
     motion_blur_px: float = 2.0  # spatial smoothing of that difference
-    # How the filter enters the blend. 0: through an 11th learned gate. In (0, 1]: as this share
-    # of the weight the 10 learned gates give to everything but the MDVAE's face (the head keeps
-    # its 10 gates; where the gates trust the voice-driven face, e.g. an occluded mouth, the
-    # filter takes nothing from it)
-    motion_share: float = 0.0
-    # With motion_share: the MDVAE face keeps its gate g only where g >= 2 t (an occluded mouth,
+    # The filter's share of the weight the learned gates give to every candidate but the MDVAE's
+    # face (where the gates trust the voice-driven face, e.g. an occluded mouth, it takes nothing)
+    motion_share: float = 0.8
+    # With the filter: the MDVAE face keeps its gate g only where g >= 2 t (an occluded mouth,
     # ~0.75), none of it where g <= t, linearly between; the rest goes to the filter. On faces
     # unlike the training ones the voice can drive the MDVAE face far off (0: keep g as is)
     mdvae_gate_threshold: float = 0.0
-    # With motion_share: the MDVAE face is used only inside this ellipse of the crop (centre x, y,
+    # With the filter: the MDVAE face is used only inside this ellipse of the crop (centre x, y,
     # radius x, y, in crop widths; it covers the eyes and the mouth). Outside it, hair, shoulders
     # and background are a training identity's in the MDVAE face, never the new person's (a
     # real speaker's grey hair drew its gate to 1). (): everywhere
@@ -215,7 +213,7 @@ class RefineConfig:
         _check(self.residual_scale >= 0, "refine residual_scale must be >= 0")
         _check(self.motion_filter_sigma_px > 0 and self.motion_threshold > 0
                and self.motion_blur_px > 0, "refine motion filter settings must be positive")
-        _check(0.0 <= self.motion_share <= 1.0, "refine motion_share must be in 0..1")
+        _check(0.0 < self.motion_share <= 1.0, "refine motion_share must be in (0, 1]")
         _check(0.0 <= self.mdvae_gate_threshold <= 0.5,
                "refine mdvae_gate_threshold must be in 0..0.5")
         _check(len(self.mdvae_region) in (0, 4) and all(v > 0 for v in self.mdvae_region),

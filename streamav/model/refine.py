@@ -87,9 +87,7 @@ class Refiner(nn.Module):
         width, up = cfg.width, cfg.up_width
         # candidates: x and the means, each also blurred, VQ-VAE face, MDVAE face; the gate
         # network reads x, the means and both decoded faces (the blurs are fixed filters of them)
-        self.shared_motion = cfg.motion_filter and cfg.motion_share > 0
-        self.n_candidates = 2 * (1 + self.n_means) + 2 + int(cfg.motion_filter
-                                                             and not self.shared_motion)
+        self.n_candidates = 2 * (1 + self.n_means) + 2  # the MDVAE face last
         n_in = 3 * (3 + self.n_means)
         self.down = nn.Conv2d(n_in, width, 3, stride=2, padding=1)  # 64 → 32
         self.body = nn.Sequential(*(layer for _ in range(cfg.body_layers) for layer in
@@ -160,27 +158,30 @@ class Refiner(nn.Module):
         head = self.head(torch.cat([F.relu(hidden), inputs], 1))  # (N, K + 3, 64, 64)
         gates = torch.softmax(head[:, :self.n_candidates], dim=1)  # (N, K, 64, 64)
         sharp = torch.cat([face, means], 1)  # (N, 3 (1 + n), 64, 64)
-        extra = ([self.motion_filtered(means)] if self.cfg.motion_filter
-                 and not self.shared_motion else [])
-        candidates = torch.cat([sharp, self.blur(sharp), vq_face, mdvae_face, *extra], 1)
-        candidates = candidates.reshape(-1, self.n_candidates, 3, *face.shape[-2:])  # (N, K, 3, H, W)
-        blend = (gates[:, :, None] * candidates).sum(1)
-        if self.shared_motion:
-            blend = self._share_with_filter(blend, gates[:, -1:], mdvae_face, means)
+        others = torch.cat([sharp, self.blur(sharp), vq_face], 1)  # every candidate but the last
+        others = others.reshape(-1, self.n_candidates - 1, 3, *face.shape[-2:])  # (N, K-1, 3, H, W)
+        others_blend = (gates[:, :-1, None] * others).sum(1)
+        mdvae_gate = gates[:, -1:]  # (N, 1, H, W)
+        if self.cfg.motion_filter:
+            blend = self._share_with_filter(others_blend, mdvae_gate, mdvae_face, means)
+        else:
+            blend = others_blend + mdvae_gate * mdvae_face
         return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)
 
-    def _share_with_filter(self, blend: Tensor, mdvae_gate: Tensor, mdvae_face: Tensor,
+    def _share_with_filter(self, others_blend: Tensor, mdvae_gate: Tensor, mdvae_face: Tensor,
                            means: Tensor) -> Tensor:
-        """The learned blend → the filter takes `motion_share` of every gate but the MDVAE
-        face's, and the MDVAE face keeps only a confident gate (`mdvae_gate_threshold`)."""
+        """The learned blend of every candidate but the MDVAE face (its gates sum to
+        1 - mdvae_gate) → the filter takes `motion_share` of it, and the MDVAE face keeps only a
+        confident gate (`mdvae_gate_threshold`) inside `mdvae_region`; the rest goes to the
+        filter too."""
         share, threshold = self.cfg.motion_share, self.cfg.mdvae_gate_threshold
         keep = mdvae_gate if threshold == 0 else mdvae_gate * torch.clamp(
             (mdvae_gate - threshold) / threshold, 0.0, 1.0)  # (N, 1, H, W)
         if self.cfg.mdvae_region:
             keep = keep * self.mdvae_region
         to_filter = share * (1.0 - mdvae_gate) + (mdvae_gate - keep)
-        return ((1.0 - share) * (blend - mdvae_gate * mdvae_face)
-                + to_filter * self.motion_filtered(means) + keep * mdvae_face)
+        return ((1.0 - share) * others_blend + to_filter * self.motion_filtered(means)
+                + keep * mdvae_face)
 
     def forward(self, face: Tensor, state: RefineState, vq_face: Tensor, mdvae_face: Tensor
                 ) -> tuple[Tensor, RefineState]:

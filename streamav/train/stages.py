@@ -66,12 +66,6 @@ REFINE_REAL_FRACTION = 0.35
 # with fresh noise on every copy), so the gates learn to use the long means when the face is still.
 REFINE_SLOW_FRACTION = 0.3
 REFINE_SLOW_FACTORS = (2, 3, 4, 8)
-# Inside an occluded box the refined face can only come from the MDVAE's face (whose lips the
-# audio drives), and the box is 7 % of the crop: its squared error can count more there. 1.0 (off)
-# until a training run shows a gain: the shipped weights were trained without it, and the
-# measurements of session 6 (docs/model.md) say the box's error is mostly texture the voice
-# cannot tell.
-REFINE_OCCLUDED_BOX_WEIGHT = 1.0
 _SYNTHETIC_SPEAKER = re.compile(r"^S\d+$")
 
 
@@ -203,27 +197,19 @@ class _RefineWindows(_Batches):
         spectrum = torch.stack([item["spectrum"] for item in items])  # (B, T, 513)
         crops = _faces_to_crops(clean)
         noisy = crops.copy()
-        weight = torch.ones(len(items), 1, 1, 64, 64)  # (B, T, C, H, W) broadcast
         for b in range(len(items)):
             spec = refine_corruption(rng)
             if spec is not None:
-                corruption = parse_corruption(spec)
-                noisy[b] = corruption.apply(crops[b], rng)
-                box = corruption.region_mask(64)
-                if box is not None:
-                    weight[b, 0, 0, torch.from_numpy(box)] = REFINE_OCCLUDED_BOX_WEIGHT
+                noisy[b] = parse_corruption(spec).apply(crops[b], rng)
             if rng.random() < REFINE_AUDIO_DROP:
                 spectrum[b] = 0.0
         return {"spectrum": spectrum.to(self.device), "face_clean": clean.to(self.device),
-                "face_input": torch.from_numpy(face_to_model(noisy)).to(self.device),
-                "loss_weight": weight.to(self.device)}
+                "face_input": torch.from_numpy(face_to_model(noisy)).to(self.device)}
 
 
 def refine_loss(model: StreamingModel, batch: dict[str, torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Squared error of the refined face against the clean crop, weighted by the batch's
-    `loss_weight` (B, 1, 1, 64, 64) when it has one (occluded boxes count more); the rest of the
-    model frozen. Also returns the plain mean squared error and its PSNR."""
+    """Squared error of the refined face against the clean crop; the rest of the model frozen."""
     spectrum, face = batch["spectrum"], batch["face_input"]
     with torch.no_grad():
         x_a, x_v = model.audio.encode(spectrum), model.visual.encode(face)
@@ -234,11 +220,8 @@ def refine_loss(model: StreamingModel, batch: dict[str, torch.Tensor]
     flat = (-1, 3, 64, 64)
     refined = model.refine.fuse(face.reshape(flat), means.reshape(-1, *means.shape[-3:]),
                                 vq_face.reshape(flat), mdvae_face.reshape(flat))
-    error = (refined.reshape(face.shape) - batch["face_clean"]).pow(2)  # (B, T, 3, 64, 64)
-    mse = error.mean()
-    weight = batch.get("loss_weight")
-    loss = mse if weight is None else (error * weight).mean() / weight.mean()
-    return loss, {"mse": mse.item(), "psnr_db": float(-10 * torch.log10(mse.detach()))}
+    mse = (refined - batch["face_clean"].reshape(flat)).pow(2).mean()
+    return mse, {"mse": mse.item(), "psnr_db": float(-10 * torch.log10(mse.detach()))}
 
 
 def train_stage(stage: str, cache: Path, out: Path, *, preset: str = "default",
