@@ -366,3 +366,35 @@ def test_large_frame_and_face_at_the_border(front_end: FaceFrontEnd) -> None:
         assert result.crop_rgb.shape == (CROP_PX, CROP_PX, 3)
         x, y, w, h = result.box_xywh
         assert x + w <= frame.shape[1] - 1 and y + h <= frame.shape[0] - 1
+
+
+def test_trackers_starting_together_leave_stderr_where_it_was():
+    """Two trackers start at once (several streams): their fd 2 redirects (the native
+    MediaPipe lines go to a log) must not interleave, or fd 2 ends up on a deleted temp file
+    and the process's last lines are lost (seen: `live --streams` printed nothing)."""
+    import threading
+    import time
+
+    from streamav.frontend.face import _stderr_to_debug_log
+
+    before = os.fstat(2)
+    first_in, second_in = threading.Event(), threading.Event()
+
+    def first() -> None:  # in first, out first: the order that lost fd 2
+        with _stderr_to_debug_log(True):
+            first_in.set()
+            second_in.wait(0.5)  # (with the lock the second cannot come in: 0.5 s, then go)
+
+    def second() -> None:
+        first_in.wait(5)
+        with _stderr_to_debug_log(True):
+            second_in.set()
+            time.sleep(0.3)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

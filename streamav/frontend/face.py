@@ -38,6 +38,7 @@ import os
 import sys
 from importlib import resources
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -290,13 +291,27 @@ def align_face(image_rgb: np.ndarray, landmarks_xy: np.ndarray, crop_size_px: in
     return crop, crop_from_source
 
 
+# fd 2 is one per process: two trackers starting at once (several streams) must not interleave
+# their save / redirect / restore, or the second "restores" the first's temporary file and the
+# process's stderr is lost from then on.
+_STDERR_REDIRECT_LOCK = threading.RLock()
+
+
 @contextmanager
 def _stderr_to_debug_log(enabled: bool) -> Iterator[None]:
     """Send fd 2 to a temporary file for the duration, then log its lines: at DEBUG level, or at
-    WARNING level when the body failed (the native lines may say why; not on Ctrl-C)."""
+    WARNING level when the body failed (the native lines may say why; not on Ctrl-C). One
+    redirect at a time in the process (trackers starting together wait for each other)."""
     if not enabled:
         yield
         return
+    with _STDERR_REDIRECT_LOCK:
+        with _fd2_to_log():
+            yield
+
+
+@contextmanager
+def _fd2_to_log() -> Iterator[None]:
     if sys.stderr is not None:
         sys.stderr.flush()  # what Python buffered before belongs on the real stderr
     level = logging.DEBUG
