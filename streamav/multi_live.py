@@ -247,6 +247,7 @@ class MultiRun:
         with self._lock:
             if stream.stream_id in self.pipelines or stream.stream_id in self.refused:
                 raise InputError(f"stream id {stream.stream_id!r} is already in this run")
+            config = self.stream_config(stream)  # a bad source fails before taking a slot
             running = sum(t.is_alive() for t in self._threads.values())
             handle = None
             try:
@@ -263,14 +264,13 @@ class MultiRun:
                     Status(state="refused", reason=reason, anchor=_anchor()), now_ns(),
                     stream=stream.stream_id)
                 return None
-            config = self.stream_config(stream)
-            model = None
-            if self.template is not None:
-                t = self.template
-                model = ModelStage(t.folder, noise=t.noise, fps=t.fps, engine=t.engine,
-                                   threads=t.threads, engine_dir=t.engine_dir,
-                                   profile=t.profile_name, slot=handle)
-            try:
+            try:  # the slot is freed whatever fails from here on
+                model = None
+                if self.template is not None:
+                    t = self.template
+                    model = ModelStage(t.folder, noise=t.noise, fps=t.fps, engine=t.engine,
+                                       threads=t.threads, engine_dir=t.engine_dir,
+                                       profile=t.profile_name, slot=handle)
                 pipeline = LivePipeline(
                     config, build_sources(config), FaceFrontEnd(config.face),
                     StreamPublisher(self.publisher, stream.stream_id), model=model,

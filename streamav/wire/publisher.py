@@ -131,7 +131,7 @@ class Publisher(ListenerCounters):
         self.dropped_at_stop = 0
         self.latency = LatencyHistogram()
         self._queue: queue.Queue[_Outgoing] = queue.Queue(maxsize=queue_size)
-        self._next_seq: dict[str | tuple[str, str], int] = {}
+        self._next_seq: dict[tuple[str, str], int] = {}
         self._enqueue_lock = threading.Lock()  # seq reservation + put, so queue order == seq order
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -235,7 +235,7 @@ class Publisher(ListenerCounters):
 
     def _enqueue(self, topic: str, packed: PackedPayload, frames: tuple[bytes, ...],
                  t_capture_ns: int, stream: str | None = None) -> bool:
-        key = topic if stream is None else (stream, topic)
+        key = (stream or self.stream_id, topic)  # seq counts per stream and topic, as sent
         with self._enqueue_lock:
             seq = self._next_seq.get(key, 0)
             self._next_seq[key] = seq + 1
