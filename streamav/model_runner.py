@@ -14,14 +14,14 @@ batch-1 engine, `open_slots(folder, choice, capacity)` the slots of a many-strea
 (`BatchEngine`: a static batch, numpy in and out):
 
 - With PyTorch: `TorchBatchEngine`, the model on the engine asked for (`--backend`, `auto`:
-  ONNX Runtime on a CPU), through the engine cache; the ONNX engine for batch 1, fp32, CPU is
-  the model folder's shipped step.onnx when it is current (its cache entry keyed by its
-  sha256). An engine built on first use checks its parity over the caller's real frames
+  ONNX Runtime on a CPU), through the engine cache (but see the next item for the CPU
+  default). An engine built on first use checks its parity over the caller's real frames
   (`inputs`, streamav.engines.inputs.EngineInputs).
-- Without PyTorch: `ShippedBatchEngine`, the folder's shipped step.onnx on ONNX Runtime with
-  numpy (batch 1, CPU, fp32), when it was made from the folder's weights; other engine choices
-  need PyTorch and say so (several streams then run one after the other in a tick). Nothing on
-  this path imports torch.
+- `ShippedBatchEngine`, the folder's shipped step.onnx on ONNX Runtime with numpy (batch 1,
+  CPU, fp32), when it was made from the folder's weights: the engine of `auto` or `onnx` on
+  the CPU for one stream, with or without PyTorch installed; without PyTorch also that of
+  several streams (they then run one after the other in a tick); other engine choices need
+  PyTorch and say so. Nothing on this path imports torch.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class StepRunner(Protocol):
 
     def step(self, spectrum: np.ndarray, face: np.ndarray) -> dict[str, np.ndarray] | None: ...
     def reset(self) -> None: ...
+    def idle(self) -> None: ...  # no face this frame: the state is held
+    def leave(self) -> None: ...  # the stream is done: its slot is freed (idempotent)
 
 
 def torch_importable() -> bool:
@@ -119,6 +121,12 @@ def open_batch_engine(folder: Path, choice: EngineChoice, threads: int = 1,
     any engine (through the engine cache); without, the shipped step.onnx (batch 1)."""
     folder = Path(folder)
     shipped, why = find_shipped_step(folder)
+    if (shipped is not None and shipped_can_run(choice)
+            and importlib.util.find_spec("onnxruntime") is not None):
+        # the CPU default: the shipped step with numpy, whether or not PyTorch is installed
+        # (importing torch and loading the weights through it cost start-up time and memory,
+        # and its tensors a little on every frame)
+        return ShippedBatchEngine(shipped, threads)
     if not torch_importable():
         if shipped is None:
             raise MissingDependencyError(
@@ -181,6 +189,14 @@ class TorchBatchEngine:
         self.label = self.engine.spec.label
         self.labels = tuple(self.model.labels)
         self.batch = self.engine.spec.batch
+        from streamav.model.streaming import State
+
+        self._state_type = State
+        # the last next state, on the device and as the host arrays handed out: when the
+        # runner passes those same arrays back (a tick of every slot, nothing reset), the
+        # device copy is used as it is instead of sending the state to the device again
+        self._last_host: tuple[np.ndarray, ...] = ()
+        self._last_device = None
 
     def initial_state(self) -> tuple[np.ndarray, ...]:
         return tuple(t.detach().cpu().numpy().copy() for t in self.engine.initial_state())
@@ -188,15 +204,19 @@ class TorchBatchEngine:
     def run(self, spectrum: np.ndarray, face: np.ndarray, state: tuple[np.ndarray, ...]
             ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
         torch = self._torch
-        from streamav.model.streaming import State
-
         device = self.engine.device
+        if len(state) == len(self._last_host) and all(
+                a is b for a, b in zip(state, self._last_host)):
+            device_state = self._last_device
+        else:
+            device_state = self._state_type(*(
+                torch.from_numpy(np.ascontiguousarray(s)).to(device) for s in state))
         with torch.inference_mode():
-            outputs, next_state = self.engine.step(
-                torch.from_numpy(spectrum), torch.from_numpy(face),
-                State(*(torch.from_numpy(np.ascontiguousarray(s)).to(device) for s in state)))
-        return ({name: _to_numpy(v) for name, v in outputs._asdict().items()},
-                tuple(_to_numpy(s) for s in next_state))
+            outputs, next_state = self.engine.step(torch.from_numpy(spectrum),
+                                                   torch.from_numpy(face), device_state)
+        host = tuple(_to_numpy(s) for s in next_state)
+        self._last_host, self._last_device = host, next_state
+        return {name: _to_numpy(v) for name, v in outputs._asdict().items()}, host
 
 
 def _to_numpy(t) -> np.ndarray:

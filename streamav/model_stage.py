@@ -149,16 +149,16 @@ class ModelStage:
     def idle(self) -> None:
         """A frame without a face: not stepped (the state is held); a many-stream tick does
         not wait for this stream."""
-        idle = getattr(self._runner, "idle", None)
-        if idle is not None:
-            idle()
+        if self._runner is not None:
+            self._runner.idle()
 
     def stop(self) -> None:
         """The stream leaves: its slot is freed (a many-stream run's next stream may take it)."""
         runner, self._runner = self._runner, None
-        leave = getattr(runner if runner is not None else self._slot, "leave", None)
-        if leave is not None:
-            leave()
+        if runner is None:
+            runner = self._slot
+        if runner is not None:
+            runner.leave()
 
     def step(self, crop_rgb: np.ndarray, spectrum: np.ndarray | None, frame_seq: int,
              mesh_crop_xy: np.ndarray) -> ModelMessages | None:

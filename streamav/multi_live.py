@@ -33,6 +33,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -150,6 +151,19 @@ class StreamPublisher:
         return self.publisher.publish(message, t_capture_ns, buffers, stream=self.stream_id)
 
     @property
+    def on_sent(self):
+        """What the shared publisher calls when one of this stream's messages has left the
+        socket (the stream's own `publish` and `capture_to_publish` latencies)."""
+        return self.publisher.on_sent_by_stream.get(self.stream_id)
+
+    @on_sent.setter
+    def on_sent(self, callback) -> None:
+        if callback is None:
+            self.publisher.on_sent_by_stream.pop(self.stream_id, None)
+        else:
+            self.publisher.on_sent_by_stream[self.stream_id] = callback
+
+    @property
     def dropped_queue_full(self) -> int:
         return self.publisher.dropped_queue_full
 
@@ -162,16 +176,11 @@ def check_multi_config(config: LiveConfig, from_flags: Iterable[str] = ()) -> No
     """The single-stream options a many-stream run refuses (InputError naming them). The
     config's [source] video and camera are each stream's own (`StreamInput`)."""
     asked = [flag for key, flag in SINGLE_STREAM_ONLY.items()
-             if _get(config, key) not in (None, False)]
+             if attrgetter(key)(config) not in (None, False)]
     if config.source.mic is not None or config.source.audio is not None:
         asked.append("--mic/--audio (each stream takes its video's own audio track)")
     if asked:
         raise InputError("several streams: " + ", ".join(asked) + " work with one stream only")
-
-
-def _get(config: LiveConfig, dotted: str):
-    section, key = dotted.split(".")
-    return getattr(getattr(config, section), key)
 
 
 class MultiRun:
@@ -221,8 +230,8 @@ class MultiRun:
         if self.template is not None and self.slots is None:
             t = self.template
             self.slots = open_slots(t.folder, t.engine, self.capacity, t.threads, t.engine_dir,
-                                    OfflineInputs(), gather_s=self.gather_s)
-        if self.slots is not None:
+                                    OfflineInputs())
+        if self.slots is not None:  # also the slots a caller handed in
             self.slots.gather_s = self.gather_s
             log.info("%d stream slots on %s", self.slots.capacity, self.slots.label)
 

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 0.1  # how often the worker wakes to check for stop and send stats
 _WAIT_POLL_S = 0.05  # how often the main thread looks for a stop signal while the worker runs
 _SLOW_STOP_S = 5.0  # warn when the worker takes longer than this to finish its frame
+_SOURCE_CHECK_NS = int(_READ_TIMEOUT_S * NS_PER_S)  # how often the worker polls source errors
 
 
 
@@ -480,16 +481,20 @@ class LivePipeline:
         deadline_ns = None if run.duration_s is None else now_ns() + int(run.duration_s * NS_PER_S)
         stale_ns = (int(run.max_staleness_s * NS_PER_S)
                     if run.realtime and run.max_staleness_s is not None else None)
+        check_ns = 0  # when the sources' errors are looked at next
         while not self._stop.is_set():
-            if self.stats.window_due(run.stats_interval_s):
+            t_now = now_ns()
+            if self.stats.window_due(run.stats_interval_s, t_now):
                 self._send_stats(final=False)
-            if deadline_ns is not None and now_ns() >= deadline_ns:
+            if deadline_ns is not None and t_now >= deadline_ns:
                 self.request_stop("duration reached")
                 break
-            failed = next((s for s in self.sources if s.error() is not None), None)
-            if failed is not None:  # e.g. a microphone that stopped: no run without it
-                self.request_stop(f"source failed: {failed.name}: {failed.error()}")
-                break
+            if t_now >= check_ns:  # every _READ_TIMEOUT_S, not every frame
+                check_ns = t_now + _SOURCE_CHECK_NS
+                failed = next((s for s in self.sources if s.error() is not None), None)
+                if failed is not None:  # e.g. a microphone that stopped: no run without it
+                    self.request_stop(f"source failed: {failed.name}: {failed.error()}")
+                    break
             frame = read(timeout_s=_READ_TIMEOUT_S)
             if frame is None:
                 if self._ring.video.closed:
@@ -504,7 +509,7 @@ class LivePipeline:
                 self.stale_dropped += 1
                 continue
             t_pickup = now_ns()
-            self._process(frame)
+            self._process(frame, t_pickup)
             done_ns = now_ns() - t_pickup
             self._processing_ns += _PROCESSING_EWMA * (done_ns - self._processing_ns)
             if run.max_frames is not None and self.stats.frames >= run.max_frames:
@@ -517,9 +522,8 @@ class LivePipeline:
         expected_ns = min(self._processing_ns, bound_ns / 2)
         return now_ns() - frame.t_capture_ns + expected_ns > bound_ns
 
-    def _process(self, frame: VideoFrame) -> None:
+    def _process(self, frame: VideoFrame, t_pickup: int) -> None:
         record = self.stats.latency.record_ns
-        t_pickup = now_ns()
         record("decode", frame.decode_ns)
         record("queue", t_pickup - frame.t_capture_ns)
         spectrum = level = skew_ns = audio_end = None

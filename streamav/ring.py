@@ -229,16 +229,19 @@ class AudioRing(_EndOfStream):
         return index
 
     def _index_at(self, t_ns: int) -> int | None:
-        """The sample index captured at `t_ns` (rounded), from the newest anchor not after it."""
+        """The sample index captured at `t_ns` (rounded), from the newest anchor not after it
+        (a binary search: the anchors' capture times grow block by block)."""
         n_kept = min(self._n_anchors, self._N_ANCHORS)
         if n_kept == 0:
             return None
-        newest = self._n_anchors - 1
-        chosen = newest - n_kept + 1  # oldest kept anchor: extrapolate backwards if t is earlier
-        for k in range(newest, newest - n_kept, -1):
-            if self._anchor_t_ns[k % self._N_ANCHORS] <= t_ns:
-                chosen = k
-                break
+        oldest = self._n_anchors - n_kept  # extrapolate backwards from it if t is earlier
+        start = oldest % self._N_ANCHORS
+        head = self._anchor_t_ns[start:start + n_kept]  # the kept anchors in write order ...
+        count = int(np.searchsorted(head, t_ns, side="right"))  # (how many are <= t_ns)
+        if count == head.shape[0] and head.shape[0] < n_kept:  # ... and those wrapped around
+            tail = self._anchor_t_ns[:n_kept - head.shape[0]]
+            count += int(np.searchsorted(tail, t_ns, side="right"))
+        chosen = oldest + max(count - 1, 0)
         a = chosen % self._N_ANCHORS
         offset = (t_ns - int(self._anchor_t_ns[a])) * self.sample_rate_hz / NS_PER_S
         return int(self._anchor_index[a]) + int(round(offset))
@@ -282,9 +285,14 @@ class AudioRing(_EndOfStream):
         oldest = max(0, self._written - self.capacity_samples)
         lo, hi = max(start, oldest), min(end, self._written)
         self.overwritten_samples += max(0, min(end, oldest) - max(start, 0))
-        if hi > lo:
-            idx = np.arange(lo, hi) % self.capacity_samples
-            out[lo - start:hi - start] = self._buffer[idx]
+        if hi > lo:  # at most two slices of the circular buffer
+            cap = self.capacity_samples
+            first = lo % cap
+            n = hi - lo
+            head = min(n, cap - first)
+            out[lo - start:lo - start + head] = self._buffer[first:first + head]
+            if head < n:
+                out[lo - start + head:hi - start] = self._buffer[:n - head]
         return out
 
 

@@ -65,8 +65,10 @@ class RunStats:
             self.skew_window.record_ns(skew_ns)
             self.skew_total.record_ns(skew_ns)
 
-    def window_due(self, interval_s: float) -> bool:
-        return now_ns() - self._window_start_ns >= interval_s * NS_PER_S
+    def window_due(self, interval_s: float, t_now_ns: int | None = None) -> bool:
+        """Whether the stats window is `interval_s` old (at `t_now_ns`, default now)."""
+        t_now_ns = now_ns() if t_now_ns is None else t_now_ns
+        return t_now_ns - self._window_start_ns >= interval_s * NS_PER_S
 
     def payload(self, *, final: bool, dropped_frames: int, audio_overflows: int,
                 nonfinite_frames: int, model_engine: str | None = None,

@@ -95,7 +95,9 @@ class Publisher(ListenerCounters):
     `on_sent`, if set, is called in the publisher thread after each successful send as
     `on_sent(topic, t_capture_ns, t_enqueue_ns, t_sent_ns)`; set it before start() to see every
     message. It must be quick and must not call back into the publisher; an exception from it is
-    logged once and otherwise ignored.
+    logged once and otherwise ignored. `on_sent_by_stream[stream]`, when set, is called instead
+    for the messages published with that `stream` (a many-stream run: each stream's own
+    latencies).
 
     `on_message`, if set, is called in the publisher thread with every message it takes off
     the queue, as `on_message(frames, t_publish_ns)` (the multipart frames as they are sent,
@@ -142,6 +144,7 @@ class Publisher(ListenerCounters):
         self._send_error_logged = False
         self._hook_error_logged = False
         self.on_sent: Callable[[str, int, int, int], None] | None = None
+        self.on_sent_by_stream: dict[str, Callable[[str, int, int, int], None]] = {}
         self.on_message: Callable[[list[bytes], int], None] | None = None
         self.subscriptions_seen = 0
         self._subscriptions = SubscriptionLedger(max_subscriptions=max_subscriptions)
@@ -397,9 +400,11 @@ class Publisher(ListenerCounters):
         t_sent_ns = now_ns()
         self.published += 1
         self.latency.record_ns(t_sent_ns - item.t_enqueue_ns)
-        if self.on_sent is not None:
+        on_sent = self.on_sent if item.stream is None else self.on_sent_by_stream.get(
+            item.stream, self.on_sent)
+        if on_sent is not None:
             try:
-                self.on_sent(item.topic, item.t_capture_ns, item.t_enqueue_ns, t_sent_ns)
+                on_sent(item.topic, item.t_capture_ns, item.t_enqueue_ns, t_sent_ns)
             except Exception:
                 if not self._hook_error_logged:
                     self._hook_error_logged = True
