@@ -330,6 +330,12 @@ class MultiRun:
     def setup_aborted(self) -> bool:
         return any(p.setup_aborted for p in list(self.pipelines.values()))
 
+    @property
+    def running(self) -> int:
+        """Streams whose thread is still running."""
+        with self._lock:
+            return sum(t.is_alive() for t in self._threads.values())
+
     def wait(self, timeout_s: float | None = None) -> dict[str, RunSummary | None]:
         """Wait for every stream started so far to end; {stream id: its summary}."""
         while True:

@@ -168,6 +168,48 @@ def test_pipeline_benchmark_on_the_demo_clip(step_run, tiny_model, engine_dir, t
     assert offline["latency_ms"]["capture_to_emotion"]["count"] == offline["faces_found"]
 
 
+def test_pipeline_streams_runs_n_streams_in_one_process(tiny_model, engine_dir, tmp_path):
+    """--pipeline --streams 2: two streams of the demo clip in real time through the
+    many-stream worker, one batch-2 engine, each stream's own latencies and drops."""
+    out = tmp_path / "streams.json"
+    assert invoke("bench", "--pipeline", "--streams", "2", "--seconds", "2", "--model",
+                  str(tiny_model), "--engine-dir", str(engine_dir), "--backend", "onnx",
+                  "--json", str(out)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "streams" and doc["settings"]["asked_streams"] == 2
+    (run,) = doc["runs"]
+    assert run["streams"] == 2 and run["engine"] == "onnx/cpu/fp32/b2"
+    assert [s["id"] for s in run["per_stream"]] == ["s0", "s1"]
+    for stream in run["per_stream"]:
+        assert stream["frames"] > 10 and stream["fps"] > 0 and stream["source_fps"] > 29
+        assert stream["dropped_frames"] >= 0 and stream["stop_reason"] == "duration reached"
+        for stage in ("capture_to_publish_ms", "capture_to_emotion_ms"):
+            p = stream[stage]  # the stream's own messages, timed as they left the socket
+            assert 0 < p["p50"] <= p["p99"], (stream["id"], stage)
+    total = sum(s["frames"] for s in run["per_stream"])
+    assert run["capture_to_publish_ms"]["count"] == total
+    assert run["process_cpu"]["cpu_ms_per_frame"] > 0 and run["process_cpu"]["frames"] > 0
+    assert isinstance(run["holds"], bool) and (run["holds"] or run["why_not"])
+    assert doc["largest_holding"] == (2 if run["holds"] else 0)
+    assert len(doc["machine"]["load_average_start"]) == 3
+
+
+def test_streams_auto_doubles_then_bisects():
+    from streamav.bench.streams import StreamsSettings, search
+
+    asked = []
+
+    def probe(n):
+        asked.append(n)
+        return {"holds": n <= 5}
+
+    largest, runs = search(StreamsSettings(clips=(), streams=None, limit=64), probe)
+    assert largest == 5 and asked == [1, 2, 4, 8, 6, 5] and len(runs) == 6
+    asked.clear()
+    assert search(StreamsSettings(clips=(), streams=None, limit=3), probe)[0] == 3
+    assert asked == [1, 2, 3]
+
+
 def test_unknown_backend_is_exit_2_naming_the_valid_ones():
     result = subprocess.run([*streamav_command(), "bench", "--backend", "eager,fast"],
                             capture_output=True, text=True, env=cli_env(), timeout=120,
@@ -201,6 +243,11 @@ def test_tensorrt_without_torch_tensorrt_is_exit_5_with_the_install_hint(capsys,
     (("--pipeline", "--plot", "x.png"), "--plot draws the step benchmark"),
     (("--pipeline", "--video", "/nonexistent/clip.mp4"), "no such file or folder"),
     (("--repeat", "2"), "are for --pipeline"),
+    (("--streams", "2"), "--streams and --seconds are for --pipeline"),
+    (("--pipeline", "--streams", "0"), "--streams must be at least 1"),
+    (("--pipeline", "--streams", "many"), "a number of streams or 'auto'"),
+    (("--pipeline", "--streams", "2", "--no-realtime"), "runs in real time"),
+    (("--pipeline", "--streams", "2", "--seconds", "0"), "--seconds must be more than 0"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bad_options_are_exit_2(capsys, tiny_model, args, message):
     assert invoke("bench", "--model", str(tiny_model), *args) == 2

@@ -5,10 +5,13 @@
   host→device copy, the outputs' copy back and a synchronise inside the timed region;
 - `pipeline.py`: the live path (`streamav live` on a file: front end and model stage) with every
   stage's latency;
+- `streams.py`: many streams in one process (`--pipeline --streams N|auto`), each in real
+  time: per-stream latency and drops, the process's CPU per frame, the largest N that holds;
 - `machine.py`: the machine, library versions, GPU and model that a result belongs to;
 - `report.py`: the rich tables, the JSON file and the latency plot.
 
-Both write one JSON document, `{"schema": "streamav-bench/1", "kind": "step" | "pipeline", ...}`.
+Each writes one JSON document,
+`{"schema": "streamav-bench/1", "kind": "step" | "pipeline" | "streams", ...}`.
 """
 
 from __future__ import annotations

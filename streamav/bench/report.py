@@ -98,6 +98,43 @@ def print_pipeline_table(document: dict, console) -> None:
                           f"{r['dropped_frames']} dropped, face on {r['faces_found']}")
 
 
+def print_streams_table(document: dict, console) -> None:
+    """One row per run of N streams: did it hold, the worst stream's numbers, the CPU."""
+    from rich import box
+    from rich.table import Table
+
+    s = document["settings"]
+    console.print(f"[bold]streamav bench --pipeline --streams: {_title(document)}[/bold]")
+    table = Table(title=f"streams in one process, real time, {s['seconds']:g} s each "
+                        f"(holds: fps >= {s['fps_share']:g} x the clip's, 0 dropped, "
+                        f"p99 <= {s['p99_bound_ms']:g} ms)", box=box.SIMPLE_HEAD)
+    for name in ("streams", "holds", "engine", "min fps", "dropped", "publish p50/p99 ms",
+                 "emotion p50/p99 ms", "CPU ms/frame", "cores busy", "load end"):
+        table.add_column(name, justify="left" if name in ("holds", "engine") else "right",
+                         no_wrap=True)
+    for run in document["runs"]:
+        per = run["per_stream"]
+        fps = [x["fps"] for x in per if x["fps"] is not None]
+        cpu = run["process_cpu"] or {}
+        face, emotion = run["capture_to_publish_ms"], run["capture_to_emotion_ms"]
+        table.add_row(
+            str(run["streams"]), "yes" if run["holds"] else "no", run["engine"] or "-",
+            f"{min(fps):.1f}" if fps else "-",
+            str(sum(x["dropped_frames"] or 0 for x in per)),
+            _pair(face["p50"], face["p99"]), _pair(emotion["p50"], emotion["p99"]),
+            f"{cpu['cpu_ms_per_frame']:.2f}" if cpu else "-",
+            f"{cpu['cores_busy']:.2f}" if cpu else "-", str(run["load_average_end"]))
+    console.print(table)
+    console.print(f"largest N that holds: {document['largest_holding']}; load average "
+                  f"{document['machine']['load_average_start']} at the start, "
+                  f"{document['machine']['load_average_end']} at the end (a shared machine: "
+                  f"other jobs count)")
+
+
+def _pair(p50, p99) -> str:
+    return "-" if p50 is None else f"{p50:.1f} / {p99:.1f}"
+
+
 def check_plotting() -> None:
     """Fail before a long run, not after it, when --plot cannot be drawn."""
     try:
