@@ -7,6 +7,7 @@ no traceback. Heavy modules are imported inside the commands so that `--help` st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -120,6 +121,10 @@ def live(
     max_streams: Optional[int] = typer.Option(
         None, help="Several streams: stream slots of the batched model step; a stream beyond "
                    "them is refused with a status message. (default: 8)"),
+    max_faces: Optional[int] = typer.Option(
+        None, help="Faces per input, each tracked across frames as a stream of its own, "
+                   "SOURCE_ID/face0, /face1, ... (ids never reused in a run; docs/live.md, "
+                   "several faces). (default: 1)"),
     mic: Optional[str] = typer.Option(
         None, help="Microphone: 'default', an index or part of a name. (default: the default "
                    "microphone with a camera; none with --video)"),
@@ -196,7 +201,8 @@ def live(
         if videos or cameras or streams is not None:
             raise InputError("--demo plays the bundled clip: leave out --video and --camera")
         videos = [str(demo_clip_path())]
-    several = streams is not None or len(videos) + len(cameras) > 1
+    several = (streams is not None or len(videos) + len(cameras) > 1
+               or (max_faces or 1) > 1 or _max_faces_in(config) > 1)
     overrides = {
         "source.camera": cameras[0] if cameras and not several else None,
         "source.video": videos[0] if videos and not several else None, "source.mic": mic, "source.audio": audio,
@@ -214,7 +220,7 @@ def live(
         "model.folder": str(model) if model else None, "model.noise": noise,
         "model.enabled": False if no_model else None,
         "model.backend": backend, "model.device": device, "model.profile": profile,
-        "run.max_streams": max_streams,
+        "run.max_streams": max_streams, "face.max_faces": max_faces,
     }
     from streamav.stop_signals import stop_on_signals
 
@@ -233,6 +239,18 @@ def live(
                           outcome.emotion), err=True)
 
 
+def _max_faces_in(config: Optional[Path]) -> int:
+    """[face] max_faces of a --config file (1 without one; a bad file fails later, as usual)."""
+    if config is None:
+        return 1
+    from streamav.config import load_config
+
+    try:
+        return load_config(config, {}).face.max_faces
+    except StreamavError:
+        return 1
+
+
 def _live_streams(config: Optional[Path], overrides: dict, videos: list[str],
                   cameras: list[str], streams: Optional[Path]) -> None:
     """`streamav live` with several streams (streamav.multi_live): one line per stream at the
@@ -243,7 +261,11 @@ def _live_streams(config: Optional[Path], overrides: dict, videos: list[str],
         from streamav.config import load_config
         from streamav.multi_live import run_multi, stream_inputs
 
+        if not (videos or cameras or streams is not None):
+            cameras = ["0"]  # --max-faces alone: the default camera
         inputs = stream_inputs(videos, cameras, streams)
+        if len(inputs) == 1 and streams is None and overrides.get("publish.stream_id"):
+            inputs = [dataclasses.replace(inputs[0], stream_id=overrides["publish.stream_id"])]
         first = inputs[0]
         # validated with the first stream's source; each stream's own is checked as it joins
         config_ = load_config(config, {**overrides, "source.video": first.video,
@@ -254,6 +276,10 @@ def _live_streams(config: Optional[Path], overrides: dict, videos: list[str],
             line = final_line(final, result["stop_reasons"][stream_id], None)
             typer.echo(f"streamav: stream {stream_id}: {line[len('streamav: '):]}"
                        f"{latency_note(final)}", err=True)
+    for face_id, face in result.get("faces", {}).items():
+        if not face["refused"]:
+            typer.echo(f"streamav: face stream {face_id}: face on {face['frames_found']} "
+                       f"frames, {face['frames_stepped']} stepped", err=True)
     for stream_id, error in result["errors"].items():
         typer.echo(f"streamav: stream {stream_id} failed: {error}", err=True)
     for stream_id in result["refused"]:

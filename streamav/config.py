@@ -3,7 +3,8 @@
     [source]   camera, video, mic, audio, no_audio, loop, read_timeout_s
     [camera]   width_px, height_px, fps, reconnect_delay_s, max_reconnects
     [ring]     video_capacity_frames, audio_capacity_s
-    [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode
+    [face]     crop_size_px, min_detection_confidence, min_tracking_confidence, static_image_mode,
+               max_faces
     [spectrum] sample_rate_hz, window_samples, n_fft, hop_samples
     [publish]  endpoint, control_endpoint, stream_id, queue_size, send_hwm, curve_secret_key_file,
                curve_client_keys
@@ -131,6 +132,7 @@ FLAGS = {
     "camera.fps": "--fps", "publish.endpoint": "--publish", "publish.control_endpoint": "--control",
     "publish.stream_id": "--stream-id", "publish.curve_secret_key_file": "--curve-secret-key",
     "run.max_frames": "--max-frames", "run.max_streams": "--max-streams",
+    "face.max_faces": "--max-faces",
     "run.duration_s": "--duration",
     "run.stats_json": "--stats-json", "run.save_features": "--save-features",
     "run.csv": "--csv", "run.write_video": "--write-video", "run.record": "--record",
@@ -156,7 +158,7 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "spectrum.hop_samples": (1, 160_000),
     "publish.queue_size": (1, 1_000_000), "publish.send_hwm": (0, 10_000_000),
     "face.crop_size_px": (8, 1024), "face.min_detection_confidence": (0, 1),
-    "face.min_tracking_confidence": (0, 1),
+    "face.min_tracking_confidence": (0, 1), "face.max_faces": (1, 16),
     "model.threads": (1, 256),
     "run.max_frames": (1, None), "run.duration_s": (0.001, None),
     "run.stats_interval_s": (0.05, 3600), "run.face_lost_reset_s": (0.1, 86_400),

@@ -40,6 +40,7 @@ from typing import Callable, Iterable
 from streamav.clock import now_ns, wall_anchor
 from streamav.config import LiveConfig, validate
 from streamav.errors import InputError
+from streamav.face_streams import FaceStreamsPipeline
 from streamav.frontend.face import FaceFrontEnd
 from streamav.live import _model
 from streamav.model_runner import open_slots
@@ -177,6 +178,9 @@ def check_multi_config(config: LiveConfig, from_flags: Iterable[str] = ()) -> No
     config's [source] video and camera are each stream's own (`StreamInput`)."""
     asked = [flag for key, flag in SINGLE_STREAM_ONLY.items()
              if attrgetter(key)(config) not in (None, False)]
+    if config.face.max_faces > 1 and config.model.profile is not None:
+        raise InputError("--profile is one person's calibration: with --max-faces each face "
+                         "is read against its own baseline")
     if config.source.mic is not None or config.source.audio is not None:
         asked.append("--mic/--audio (each stream takes its video's own audio track)")
     if asked:
@@ -259,6 +263,9 @@ class MultiRun:
             config = self.stream_config(stream)  # a bad source fails before taking a slot
             running = sum(t.is_alive() for t in self._threads.values())
             handle = None
+            if config.face.max_faces > 1:  # its faces take the slots, each as it appears
+                pipeline = self._face_streams(stream, config)
+                return self._launch(stream, pipeline)
             try:
                 if self.slots is not None:
                     handle = self.slots.join()
@@ -289,15 +296,44 @@ class MultiRun:
                 if handle is not None:
                     handle.leave()
                 raise
-            if self._stop_reason is not None:
-                pipeline.request_stop(self._stop_reason)
-            thread = threading.Thread(target=self._run_one, args=(stream.stream_id, pipeline),
-                                      name=f"streamav-stream-{stream.stream_id}", daemon=True)
-            self.pipelines[stream.stream_id] = pipeline
-            self._threads[stream.stream_id] = thread
+            return self._launch(stream, pipeline)
+
+    def _launch(self, stream: StreamInput, pipeline: LivePipeline) -> LivePipeline:
+        """Under the lock: the stream's thread, started."""
+        if self._stop_reason is not None:
+            pipeline.request_stop(self._stop_reason)
+        thread = threading.Thread(target=self._run_one, args=(stream.stream_id, pipeline),
+                                  name=f"streamav-stream-{stream.stream_id}", daemon=True)
+        self.pipelines[stream.stream_id] = pipeline
+        self._threads[stream.stream_id] = thread
         log.info("stream %s: %s", stream.stream_id, stream.source)
         thread.start()
         return pipeline
+
+    def _face_streams(self, stream: StreamInput, config: LiveConfig) -> FaceStreamsPipeline:
+        """`--max-faces N`: one source, a stream per tracked face (streamav.face_streams), each
+        face taking a slot of its own as it appears (refused when all are taken)."""
+        def face_model(face_id: str) -> ModelStage | None:
+            t = self.template
+            if t is None or self.slots is None:  # no model: the face stream is its face alone
+                return None
+            handle = self.slots.join()  # AdmissionRefused: the face is refused
+            try:
+                return ModelStage(t.folder, noise=t.noise, fps=t.fps, engine=t.engine,
+                                  threads=t.threads, engine_dir=t.engine_dir, slot=handle)
+            except BaseException:
+                handle.leave()
+                raise
+
+        def refused(face_id: str, _reason: str) -> None:
+            with self._lock:
+                self.refused.append(face_id)
+
+        return FaceStreamsPipeline(
+            config, build_sources(config), FaceFrontEnd(config.face),
+            StreamPublisher(self.publisher, stream.stream_id), stream.stream_id,
+            face_publisher=lambda face_id: StreamPublisher(self.publisher, face_id),
+            face_model=face_model, on_face_frame=self.on_frame, on_refused=refused)
 
     def _run_one(self, stream_id: str, pipeline: LivePipeline) -> None:
         try:
@@ -385,5 +421,8 @@ def run_multi(config: LiveConfig, streams: list[StreamInput], signals=None) -> d
                              for sid, s in summaries.items()},
             "refused": list(run.refused),
             "errors": {sid: str(e) for sid, e in run.errors.items()},
+            "faces": {fid: face for p in run.pipelines.values()
+                      if isinstance(p, FaceStreamsPipeline)
+                      for fid, face in p.face_summary().items()},
             "engine": None if run.slots is None else run.slots.label,
             "slots": run.capacity}

@@ -39,8 +39,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"config": ("streamav.config",), "model_runner": ("streamav.model_runner", "streamav.stream_slots")},
     # 4: the live model stage
     {"model_stage": ("streamav.model_stage",)},
-    # 5: the live pipeline
-    {"pipeline": ("streamav.pipeline",)},
+    # 5: the live pipeline (one stream, or a stream per tracked face of one source)
+    {"pipeline": ("streamav.pipeline", "streamav.face_streams")},
     # 6: the pipeline run offline over whole clips (features, the engines' real inputs); what a
     #    live run writes besides its messages
     {"offline_features": ("streamav.offline_features",),

@@ -69,6 +69,7 @@ NOSE_TIP_IDX = 1
 RIGHT_MOUTH_CORNER_IDX = 61
 LEFT_MOUTH_CORNER_IDX = 291
 N_MESH_POINTS = 468
+MAX_FACES = 16  # FaceConfig.max_faces: FaceMesh's cost grows with every face it tracks
 
 # The five-point template in unit crop coordinates: (0, 0) is the crop's top-left corner and
 # (1, 1) its bottom-right corner (pixel edges); pixel coordinates are u * crop_size_px - 0.5.
@@ -115,6 +116,9 @@ class FaceConfig:
     quiet_native_logs: while MediaPipe builds and warms up its graph (in `start()` and `reset()`),
         send the process's stderr (fd 2) to a temporary file and re-log its lines at DEBUG level
         on this module's logger, hiding TFLite/absl start-up chatter. Only affects those calls.
+    max_faces: how many faces FaceMesh finds and tracks per frame (`step_all`); `step` gives the
+        first. With more than 1, the detector runs on every frame that holds fewer faces than
+        this (FaceMesh looks for the missing ones), which costs a detector pass per such frame.
     """
 
     crop_size_px: int = 64
@@ -124,8 +128,11 @@ class FaceConfig:
     refine_landmarks: bool = False
     border: Literal["replicate", "constant"] = "replicate"
     quiet_native_logs: bool = True
+    max_faces: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_faces <= MAX_FACES:
+            raise InputError(f"face.max_faces must be in 1..{MAX_FACES}, got {self.max_faces}")
         if not 8 <= self.crop_size_px <= 1024:
             raise InputError(f"face.crop_size_px must be in 8..1024, got {self.crop_size_px}")
         for name in ("min_detection_confidence", "min_tracking_confidence"):
@@ -435,7 +442,7 @@ class FaceFrontEnd:
                 pass
             mesh = face_mesh.FaceMesh(
                 static_image_mode=self.config.static_image_mode,
-                max_num_faces=1,
+                max_num_faces=self.config.max_faces,
                 refine_landmarks=self.config.refine_landmarks,
                 min_detection_confidence=self.config.min_detection_confidence,
                 min_tracking_confidence=self.config.min_tracking_confidence,
@@ -475,17 +482,25 @@ class FaceFrontEnd:
         Returns `NOT_FOUND` (found=False) when there is no face; raises ValueError for an input
         that is not an (H, W, 3) uint8 array and RuntimeError before `start()`.
         """
+        faces = self._faces(image_bgr, limit=1)
+        return faces[0] if faces else NOT_FOUND
+
+    def step_all(self, image_bgr: np.ndarray) -> list[FaceResult]:
+        """Every face of the frame (at most `max_faces`), each aligned on its own five
+        landmarks, in MediaPipe's order (which is not an identity: see
+        streamav.frontend.face_tracks); an empty list when there is none."""
+        return self._faces(image_bgr, limit=self.config.max_faces)
+
+    def _faces(self, image_bgr: np.ndarray, limit: int) -> list[FaceResult]:
         check_image_bgr(image_bgr)
         if self._mesh is None:
             raise RuntimeError("FaceFrontEnd.step() called before start()")
         image_rgb = cv2.cvtColor(np.ascontiguousarray(image_bgr), cv2.COLOR_BGR2RGB)
         output = self._mesh.process(image_rgb)
-        faces = output.multi_face_landmarks
-        if not faces:
-            return NOT_FOUND
+        faces = output.multi_face_landmarks or ()
         height, width = image_rgb.shape[:2]
-        mesh_xy = self._mesh_px(faces[0], width, height)  # (468, 2)
-        return self._aligned(image_rgb, mesh_xy)
+        return [self._aligned(image_rgb, self._mesh_px(face, width, height))  # (468, 2) each
+                for face in list(faces)[:limit]]
 
     @staticmethod
     def _mesh_px(face_landmarks: Any, width: int, height: int) -> np.ndarray:
