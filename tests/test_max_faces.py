@@ -22,6 +22,9 @@ the left one leaves for 0.48 s (black) and comes back. With `--max-faces 2`,
   0.043, where it differs from the other speaker's run by a median 0.24 (at least 0.13); the
   bound is 0.02 median and 0.1 on any frame, with the other speaker's run as the control that
   the bound tells the two people apart.
+
+With one slot, the second face is refused (a `status` `refused` on its id, nothing else sent on
+it) and the first goes on.
 """
 
 from __future__ import annotations
@@ -289,3 +292,39 @@ def test_two_faces_are_two_streams_that_keep_their_people(clips, slots):
                 crop = r.face.crop_rgb.astype(np.int16)
                 assert (np.abs(crop - own[r.frame.seq].face.crop_rgb).mean()
                         < np.abs(crop - other[r.frame.seq].face.crop_rgb).mean())
+
+
+def test_a_face_beyond_the_slots_is_refused_and_the_other_goes_on(clips):
+    """One slot: of the two faces that appear together, the left one (face0) takes it, the
+    right one (face1) is refused with a status on its own id and nothing else is sent on it."""
+    import zmq
+
+    pair = clips[0]
+    shipped, _ = find_shipped_step(default_model_folder())
+    one_slot = SlotRunner(ShippedBatchEngine(shipped, 1), capacity=1)
+    port = free_tcp_port()
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    config = _config(pair, port, **{"face.max_faces": 2, "run.max_streams": 1,
+                                    "run.max_frames": 8})
+    run = MultiRun(config, slots=one_slot)
+    try:
+        run.start()
+        time.sleep(0.3)  # the subscription reaches the publisher
+        run.add(StreamInput("cam", video=str(pair)))
+        run.wait()
+    finally:
+        run.close()
+    messages = []
+    while sub.poll(200):
+        messages.append(decode(sub.recv_multipart()))
+    sub.close(linger=0)
+
+    assert run.refused == ["cam/face1"] and not run.errors and one_slot.streams == 0
+    on_face1 = [(m.topic, m.body.state) for m in messages if m.stream == "cam/face1"]
+    assert on_face1 == [("status", "refused")]
+    refusal = next(m.body.reason for m in messages if m.stream == "cam/face1")
+    assert "1 stream slots" in refusal
+    assert [m.body.frame_seq for m in messages
+            if m.topic == "emotion" and m.stream == "cam/face0"] == list(range(8))
