@@ -105,11 +105,12 @@ def print_streams_table(document: dict, console) -> None:
 
     s = document["settings"]
     console.print(f"[bold]streamav bench --pipeline --streams: {_title(document)}[/bold]")
-    table = Table(title=f"streams in one process, real time, {s['seconds']:g} s each "
-                        f"(holds: fps >= {s['fps_share']:g} x the clip's, 0 dropped, "
-                        f"p99 <= {s['p99_bound_ms']:g} ms)", box=box.SIMPLE_HEAD)
-    for name in ("streams", "holds", "engine", "min fps", "dropped", "publish p50/p99 ms",
-                 "emotion p50/p99 ms", "CPU ms/frame", "cores busy", "load end"):
+    table = Table(title=f"N streams in one process, real time, {s['seconds']:g} s each; "
+                        f"latencies ms from capture to the message sent (all streams); holds: "
+                        f"fps >= {s['fps_share']:g} x the clip's, 0 dropped, emotion p99 <= "
+                        f"{s['p99_bound_ms']:g} ms", box=box.SIMPLE_HEAD)
+    for name in ("N", "holds", "engine", "min fps", "drops", "face p50/p99", "emotion p50/p99",
+                 "CPU ms/frame", "cores", "load 1 min"):
         table.add_column(name, justify="left" if name in ("holds", "engine") else "right",
                          no_wrap=True)
     for run in document["runs"]:
@@ -123,7 +124,8 @@ def print_streams_table(document: dict, console) -> None:
             str(sum(x["dropped_frames"] or 0 for x in per)),
             _pair(face["p50"], face["p99"]), _pair(emotion["p50"], emotion["p99"]),
             f"{cpu['cpu_ms_per_frame']:.2f}" if cpu else "-",
-            f"{cpu['cores_busy']:.2f}" if cpu else "-", str(run["load_average_end"]))
+            f"{cpu['cores_busy']:.2f}" if cpu else "-",
+            f"{run['load_average_end'][0]:.2f}" if run["load_average_end"] else "-")
     console.print(table)
     console.print(f"largest N that holds: {document['largest_holding']}; load average "
                   f"{document['machine']['load_average_start']} at the start, "
