@@ -139,6 +139,10 @@ def live(
                               "and a PNG strip of input and denoised faces (in the temp folder)."),
     publish: Optional[str] = typer.Option(
         None, help="PUB endpoint. (default: tcp://127.0.0.1:5555)"),
+    remote: Optional[str] = typer.Option(
+        None, help="Run the front end here and the model on `streamav serve` at this endpoint "
+                   "(e.g. tcp://127.0.0.1:5560); the results come out on serve's PUB socket "
+                   "(docs/scaling.md). (default: the model runs here)"),
     control: Optional[str] = typer.Option(
         None, help="REQ/REP control endpoint; 'none' disables it. "
                    "(default: tcp://127.0.0.1:5556)"),
@@ -224,6 +228,9 @@ def live(
     }
     from streamav.stop_signals import stop_on_signals
 
+    if remote is not None:
+        _live_remote(config, overrides, videos, cameras, streams, remote)
+        return
     if several:
         _live_streams(config, overrides, videos, cameras, streams)
         return
@@ -298,6 +305,36 @@ def latency_note(final: dict) -> str:
                              ("to emotion", latency.get("capture_to_emotion")))
              if p and p.get("p50") is not None and p.get("p99") is not None]
     return "; " + ", ".join(parts) if parts else ""
+
+
+def _live_remote(config: Optional[Path], overrides: dict, videos: list[str],
+                 cameras: list[str], streams: Optional[Path], remote: str) -> None:
+    """`streamav live --remote`: the capture client of `streamav serve` (streamav.serve.client),
+    one line per stream at the end."""
+    from streamav.stop_signals import stop_on_signals
+
+    with stop_on_signals(afterwards="ignore") as signals:
+        from streamav.config import load_config
+        from streamav.multi_live import stream_inputs
+        from streamav.serve.client import run_remote
+
+        inputs = stream_inputs(videos, cameras or ([] if videos or streams else ["0"]), streams)
+        config_ = load_config(config, {**overrides, "source.video": inputs[0].video,
+                                       "source.camera": inputs[0].camera})
+        result = run_remote(config_, inputs, remote, signals)
+    for stream_id, final in result["streams"].items():
+        if final is not None:
+            line = final_line(final, result["stop_reasons"][stream_id], None)
+            typer.echo(f"streamav: stream {stream_id}: {line[len('streamav: '):]}", err=True)
+    for stream_id, error in result["errors"].items():
+        typer.echo(f"streamav: stream {stream_id} failed: {error}", err=True)
+    for stream_id in result["refused"]:
+        typer.echo(f"streamav: stream {stream_id} refused by streamav serve (no free slot)",
+                   err=True)
+    typer.echo(f"streamav: {result['sent']} messages sent to {remote}, {result['dropped']} "
+               "dropped", err=True)
+    if result["errors"]:
+        raise typer.Exit(6)
 
 
 def final_line(final: dict, stop_reason: str, emotion: str | None) -> str:
@@ -630,6 +667,90 @@ def devices() -> None:
     from streamav.devices import print_devices
 
     print_devices(Console())
+
+
+SERVE_EXAMPLES = """Examples:
+
+  streamav serve                                  local Ray, 2 replicas x 8 streams
+  streamav live --remote tcp://127.0.0.1:5560 --video a.mp4 --video b.mp4 --no-preview
+  streamav subscribe --topic emotion --topic status
+  ray start --head; streamav serve --address auto --replicas 4 --num-gpus 0.25
+
+Needs the serve extra: pip install 'streamav[serve]'. More: docs/scaling.md."""
+
+
+@app.command(epilog=SERVE_EXAMPLES)
+def serve(
+    address: Optional[str] = typer.Option(
+        None, help="Ray cluster to join ('auto', or HOST:6379 from `ray start --head`). "
+                   "(default: a Ray of this machine's own, started here)"),
+    replicas: int = typer.Option(2, help="Model replicas."),
+    max_streams: int = typer.Option(
+        8, help="Stream slots per replica (the batched step's batch); a stream beyond them is "
+                "refused with a status message."),
+    snapshot_every: int = typer.Option(
+        30, help="Frames between two snapshots of a stream's state (what a stream resumes "
+                 "from on another replica when its replica dies)."),
+    listen: str = typer.Option("tcp://127.0.0.1:5560",
+                               help="Where capture clients (live --remote) connect."),
+    publish: str = typer.Option("tcp://127.0.0.1:5555", help="The PUB edge: results."),
+    curve_secret_key: Optional[Path] = typer.Option(
+        None, help="CURVE secret key file, required for non-loopback --listen/--publish."),
+    model: Optional[Path] = typer.Option(
+        None, help="Model folder. (default: the model shipped in the package)"),
+    backend: str = typer.Option("onnx", help="Model step backend on the replicas."),
+    device: str = typer.Option("cpu", help="cpu or cuda (with --num-gpus)."),
+    num_cpus: float = typer.Option(1.0, help="CPUs each replica reserves."),
+    num_gpus: float = typer.Option(0.0, help="GPUs each replica reserves (0.5: two share one)."),
+    max_replicas_per_node: Optional[int] = typer.Option(
+        None, help="At most this many replicas on one node. (default: no limit)"),
+    duration: Optional[float] = typer.Option(
+        None, help="Stop after this many seconds. (default: until Ctrl-C or SIGTERM)"),
+    json_path: Optional[Path] = typer.Option(
+        None, "--json", help="Write the ingress's summary here at the end (per stream: "
+                             "replica, frames stepped, lost, moves)."),
+) -> None:
+    """Serve the model on Ray Serve: capture clients send frames (streamav live --remote),
+    replicas hold each stream's state and step batches, results go out on the PUB edge."""
+    from streamav.serve import require_serve
+
+    require_serve()
+    if replicas < 1 or max_streams < 1 or snapshot_every < 1:
+        raise InputError("--replicas, --max-streams and --snapshot-every must be at least 1")
+    from streamav.data import default_model_folder
+    from streamav.serve.app import ServeOptions, run_serve
+    from streamav.serve.ingress import IngressSettings
+
+    folder = model or default_model_folder()
+    if not (Path(folder) / "config.json").is_file():
+        raise InputError(f"--model {folder}: not a model folder (no config.json)")
+    if json_path is not None:
+        _check_writable(json_path)
+    options = ServeOptions(
+        model_folder=Path(folder), address=address, replicas=replicas, capacity=max_streams,
+        snapshot_every=snapshot_every, backend=backend, device=device, num_cpus=num_cpus,
+        num_gpus=num_gpus, max_replicas_per_node=max_replicas_per_node, duration_s=duration,
+        ingress=IngressSettings(listen=listen, publish=publish,
+                                curve_secret_key_file=curve_secret_key))
+    summary = run_serve(options, on_ready=lambda: typer.echo(
+        f"streamav: serving {replicas} replicas x {max_streams} streams; frames in on "
+        f"{listen}, results on {publish}", err=True))
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=2))
+    streams = summary["streams"]
+    typer.echo(f"streamav: served {len(streams)} streams, {summary['frames_in']} frames in, "
+               f"{sum(s['lost'] for s in streams.values())} lost, "
+               f"{sum(s['moves'] for s in streams.values())} moves; stopped: "
+               f"{summary['stopped']}", err=True)
+
+
+def _check_writable(path: Path) -> None:
+    """InputError now, before the work, when `path` cannot be written."""
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _click_exceptions():

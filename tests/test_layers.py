@@ -51,11 +51,14 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"live": ("streamav.live", "streamav.multi_live"), "corpus": ("streamav.corpus.*",),
      "calibrate": ("streamav.calibrate",), "build_engines": ("streamav.build_engines",),
      "devices": ("streamav.devices",), "replay": ("streamav.replay",)},
-    # 8: training; benchmarks (the step and the live path)
+    # 8: past one machine: the model on Ray Serve (replicas, sticky router, ingress) and its
+    #    capture client (`live --remote`), on the many-stream run
+    {"serve": ("streamav.serve.*",)},
+    # 9: training; benchmarks (the step, the live path, serve)
     {"train": ("streamav.train.*",), "bench": ("streamav.bench.*",)},
-    # 9: evaluation (reads the training code's batches and heads)
+    # 10: evaluation (reads the training code's batches and heads)
     {"evaluate": ("streamav.evaluate.*",)},
-    # 10: the command line
+    # 11: the command line
     {"cli": ("streamav.cli", "streamav.keys_cli", "streamav.__main__")},
 ]
 

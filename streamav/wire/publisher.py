@@ -253,6 +253,16 @@ class Publisher(ListenerCounters):
                 return False
         return True
 
+    def skip(self, topic: str, stream: str | None = None, count: int = 1) -> None:
+        """Reserve `count` seqs of (stream, topic) without sending anything: results lost before
+        they reached this publisher (a `streamav serve` replica that died with a frame in hand)
+        leave the same gap in `seq` as a message dropped here (docs/scaling.md)."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        key = (stream or self.stream_id, topic)
+        with self._enqueue_lock:
+            self._next_seq[key] = self._next_seq.get(key, 0) + count
+
     def publish_raw(self, topic: str, body: bytes, buffers: Iterable[bytes] = (),
                     t_capture_ns: int = 0, timeout_s: float | None = 0.0) -> bool:
         """Queue a message whose msgpack map `body` is complete, envelope included, to be sent

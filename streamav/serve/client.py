@@ -1,0 +1,199 @@
+"""`streamav live --remote ENDPOINT`: the capture client of `streamav serve`.
+
+The client runs what `streamav live` runs up to the model - sources, AV ring, face front end,
+spectrum, one `LivePipeline` per input (streamav.multi_live.MultiRun, with no model) - and
+sends each frame with a face to the ingress (streamav.serve.frames): the aligned crop, the
+spectrum and the face mesh, with the stream id, the frame's seq and capture time. Its own
+messages (`face`, `status`, `stats`) are forwarded to the ingress too, which publishes them on
+the PUB edge with the model's results, so subscribers see each stream whole in one place.
+
+A `status` of state `reset` (a new person: the face lost for long, a source back) is followed
+by a `reset` command for the stream's model state, `stopping` by `leave` (its slot is freed).
+A stream the replicas have no room for is refused by the ingress: the client stops it.
+
+Stream ids: `--stream-id ID` names a single stream ID, several ID.s0, ID.s1, ...; without it a
+prefix unique to the run (host-pid-random) is used, so that two clients never share an id.
+Real time, a frame the socket cannot take at once is dropped (counted); `--no-realtime` waits,
+and asks the ingress to keep every frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+import zmq
+
+from streamav.config import LiveConfig
+from streamav.errors import EndpointError
+from streamav.frontend.face import mesh_in_crop
+from streamav.multi_live import MultiRun, StreamInput, check_multi_config
+from streamav.pipeline import FrameResult
+from streamav.serve.frames import (KIND_REFUSED, FrameInputs, decode_refusal, encode_command,
+                                   encode_forward, encode_frame)
+from streamav.wire import protocol
+from streamav.wire.messages import Status, TopicMessage, encode_body
+from streamav.wire.publisher import default_stream_id
+
+log = logging.getLogger(__name__)
+
+_SEND_HWM = 1000
+_CLOSE_LINGER_MS = 2000  # what is queued at the end still reaches the ingress
+
+
+class RemoteLink:
+    """The client's DEALER socket to the ingress; any thread may send (one lock)."""
+
+    def __init__(self, endpoint: str, wait: bool, server_key: Path | None = None,
+                 client_key: Path | None = None) -> None:
+        problem = protocol.endpoint_problem(endpoint)
+        if problem:
+            raise EndpointError(f"--remote {endpoint}: {problem}")
+        self.endpoint = endpoint
+        self.wait = wait
+        self.server_key = server_key
+        self.client_key = client_key
+        self.sent = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._context: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+
+    def start(self) -> None:
+        self._context = zmq.Context()
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, _SEND_HWM)
+        sock.setsockopt(zmq.LINGER, _CLOSE_LINGER_MS)
+        protocol.secure_client(sock, self.server_key, self.client_key)
+        protocol.connect(sock, self.endpoint)
+        self._sock = sock
+
+    def send(self, parts: list[bytes]) -> bool:
+        with self._lock:
+            if self._sock is None:
+                self.dropped += 1
+                return False
+            try:
+                self._sock.send_multipart(parts, flags=0 if self.wait else zmq.NOBLOCK,
+                                          copy=False)
+            except zmq.Again:
+                self.dropped += 1
+                return False
+            self.sent += 1
+            return True
+
+    def refusals(self) -> list:
+        """The ingress's refusals received so far (streamav.serve.frames.Refusal)."""
+        found = []
+        with self._lock:
+            while self._sock is not None and self._sock.poll(0):
+                parts = self._sock.recv_multipart()
+                if parts and parts[0] == KIND_REFUSED and len(parts) == 2:
+                    found.append(decode_refusal(parts[1]))
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            if self._context is not None:
+                self._context.term()
+                self._context = None
+
+
+class ForwardingPublisher:
+    """A MultiRun's publisher that forwards every message to the ingress (see the module
+    docstring)."""
+
+    def __init__(self, link: RemoteLink, stream_id: str) -> None:
+        self.link = link
+        self.stream_id = stream_id
+        self.dropped_queue_full = 0
+
+    @property
+    def dropped_send(self) -> int:
+        return self.link.dropped
+
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self.link.close()
+
+    def publish(self, message: TopicMessage, t_capture_ns: int, buffers=(),
+                stream: str | None = None) -> bool:
+        stream = stream or self.stream_id
+        frames = tuple(protocol.buffer_to_bytes(b) for b in buffers)
+        message.check_buffers(frames)
+        sent = self.link.send(encode_forward(stream, message.TOPIC, t_capture_ns,
+                                             encode_body(message), frames))
+        if isinstance(message, Status) and message.state in ("reset", "stopping"):
+            self.link.send(encode_command(stream, "reset" if message.state == "reset"
+                                          else "leave"))
+        return sent
+
+
+def remote_inputs(streams: list[StreamInput], stream_id: str | None) -> list[StreamInput]:
+    """The streams with their ids on the ingress (see the module docstring)."""
+    if stream_id is not None and len(streams) == 1:
+        return [dataclasses.replace(streams[0], stream_id=stream_id)]
+    prefix = stream_id or default_stream_id()
+    return [dataclasses.replace(s, stream_id=f"{prefix}.{s.stream_id}") for s in streams]
+
+
+def run_remote(config: LiveConfig, streams: list[StreamInput], endpoint: str,
+               signals=None) -> dict:
+    """`streamav live --remote`: every stream's front end here, its model on `streamav serve`.
+    The result is run_multi's: {"streams": {id: final stats}, "stop_reasons", "refused",
+    "errors", "engine", "slots"}."""
+    check_multi_config(config)
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, enabled=False),
+        run=dataclasses.replace(config.run, max_streams=max(config.run.max_streams,
+                                                            len(streams))))
+    streams = remote_inputs(streams, config.publish.stream_id)
+    keep_all = not config.run.realtime
+    link = RemoteLink(endpoint, wait=keep_all)
+    refused: list[str] = []
+    run: MultiRun | None = None
+
+    def on_frame(stream_id: str, result: FrameResult) -> None:
+        face = result.face
+        if face.found and face.crop_rgb is not None:
+            link.send(encode_frame(FrameInputs(
+                stream_id, result.frame.seq, result.frame.t_capture_ns, face.crop_rgb,
+                result.spectrum, mesh_in_crop(face)), keep_all))
+        for refusal in link.refusals():
+            log.warning("stream %s refused by streamav serve: %s", refusal.stream,
+                        refusal.reason)
+            refused.append(refusal.stream)
+            pipeline = run.pipelines.get(refusal.stream) if run is not None else None
+            if pipeline is not None:
+                pipeline.request_stop(f"refused by streamav serve: {refusal.reason}")
+
+    run = MultiRun(config, publisher=ForwardingPublisher(link, config.publish.stream_id or
+                                                         "streamav-remote"),
+                   on_frame=on_frame)
+    for stream in streams:
+        run.stream_config(stream)  # every stream's source checked before anything is opened
+    if signals is not None:
+        signals.pipeline = run
+    try:
+        run.start()
+        for stream in streams:
+            run.add(stream)
+        summaries = run.wait()
+    finally:
+        run.close()
+    log.info("sent %d messages to %s, %d dropped", link.sent, endpoint, link.dropped)
+    return {"streams": {sid: (s.final_stats if s is not None else None)
+                        for sid, s in summaries.items()},
+            "stop_reasons": {sid: (s.stop_reason if s is not None else None)
+                             for sid, s in summaries.items()},
+            "refused": sorted(set(run.refused) | set(refused)),
+            "errors": {sid: str(e) for sid, e in run.errors.items()},
+            "engine": f"streamav serve at {endpoint}", "slots": len(streams),
+            "sent": link.sent, "dropped": link.dropped}

@@ -1,0 +1,307 @@
+"""streamav on Ray Serve (#14): streamav.serve, `streamav live --remote`.
+
+The acceptance run: a two-node Ray cluster on this machine (`ray.cluster_utils.Cluster`, CPU
+only, 2 CPUs a node), the model deployment with 2 replicas (one a node), the ingress with its
+PUB edge on 127.0.0.1, and one `streamav live --remote` process with 8 real clips (the demo
+clip and 7 GRID clips, offline). Mid-run the replica serving one stream is killed. Then:
+
+- every stream was served, on both nodes;
+- each stream the kill did not touch has every frame's emotion, equal to the same clip run
+  alone in one process (`streamav live` code, the shipped batch-1 step; the replicas run the
+  batch-8 export: float32 rounding only), with no `seq` gap;
+- each stream of the killed replica has one `status` `moved` (from the dead replica to the
+  other, from a snapshot), its emotion equal to its run alone up to the first lost frame, and
+  `seq` gaps that add up to the frames the status says were lost (at least one in all: the
+  frames in flight on the dead replica);
+- each stream's results go on to its clip's last frame.
+
+The replica's own work (slots, batch, snapshot and restore, refusal) is checked without Ray
+on the shipped model too.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamav.config import load_config
+from streamav.data import demo_clip_path, default_model_folder
+from streamav.engines.choice import EngineChoice
+from streamav.frontend.face import mesh_in_crop
+from streamav.live import build_pipeline
+from streamav.serve.frames import FrameInputs, decode_frame, encode_frame
+from streamav.wire.protocol import decode
+
+from conftest import SHARED_DATA, free_tcp_port, streamav_command
+
+pytestmark = pytest.mark.slow
+
+FRAMES = 30  # per clip
+CAPACITY = 8  # slots per replica: the survivor takes the moved streams at once
+TOL = 1e-4 + 1e-5  # batch-8 export vs the shipped batch-1 step, plus the wire's 5 decimals
+GRID = sorted((SHARED_DATA / "grid").glob("*.mpg"))
+CLIPS = [demo_clip_path(), *GRID[:7]]
+
+
+class _RandomFrames:
+    """Engine-build inputs for the batch-8 engine's own parity check (a build detail here; the
+    test compares the outputs itself)."""
+
+    def reference_frames(self, frames, cache_dir=None):
+        rng = np.random.default_rng(0)
+        return (rng.random((frames, 513), np.float32),
+                (rng.random((frames, 3, 64, 64), np.float32) - 0.5))
+
+    def reference_source(self) -> str:
+        return "random (test)"
+
+    def calibration(self):
+        raise AssertionError("fp32 needs no calibration")
+
+
+def _build_engine(batch: int) -> None:
+    from streamav.engines import EngineCache
+    from streamav.engines.registry import build_or_load
+    from streamav.model.io import load_model
+
+    build_or_load(load_model(default_model_folder()), EngineChoice("onnx", "cpu", "fp32", batch),
+                  EngineCache(), _RandomFrames(), parity_frames=8)
+
+
+def _alone(video: Path) -> list:
+    """(frame seq, emotion probs, the frame's model inputs) of every stepped frame, run alone."""
+    results = []
+    config = load_config(None, {
+        "source.video": str(video), "run.realtime": False, "run.preview": False,
+        "run.max_frames": FRAMES, "publish.endpoint": f"tcp://127.0.0.1:{free_tcp_port()}",
+        "publish.control_endpoint": "none", "model.backend": "onnx"})
+    build_pipeline(config, on_frame=results.append).run()
+    return [(r.frame.seq, np.array(r.model.emotion.probs),
+             FrameInputs("x", r.frame.seq, r.frame.t_capture_ns, r.face.crop_rgb, r.spectrum,
+                         mesh_in_crop(r.face)))
+            for r in results if r.model is not None]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The batch-CAPACITY export the replicas step on (built once, short parity check)."""
+    _build_engine(CAPACITY)
+
+
+@pytest.fixture(scope="module")
+def alone():
+    assert len(GRID) >= 7, "the GRID clips of ../shared/data/grid"
+    return {i: _alone(clip) for i, clip in enumerate(CLIPS)}
+
+
+def test_replica_core_batches_snapshots_restores_and_refuses(engine, alone):
+    """Streams in one replica's batch equal their runs alone; one beyond its slots is refused;
+    a stream restored from a snapshot on another replica goes on exactly as it would have."""
+    from streamav.serve.replica import ReplicaCore, StepRequest
+
+    a, b = alone[0], alone[1]
+    n = min(len(a), len(b), 12)
+
+    def core(name):
+        return ReplicaCore(default_model_folder(), EngineChoice("onnx"), capacity=CAPACITY,
+                           snapshot_every=4, name=name)
+
+    one, two = core("one"), core("two")
+    snapshot = None
+    fillers = [StepRequest(f"f{k}", frame=_wire(b[0][2]), new=True)
+               for k in range(CAPACITY - 2)]
+    for i in range(n):
+        requests = [StepRequest("a", frame=_wire(a[i][2]), new=i == 0),
+                    StepRequest("b", frame=_wire(b[i][2]), new=i == 0)]
+        if i == 0:
+            requests += [*fillers, StepRequest("c", frame=_wire(b[0][2]), new=True)]
+        replies = one.handle(requests)
+        if i == 0:
+            assert [r.outcome for r in replies[2:]] == ["ok"] * len(fillers) + ["refused"]
+            assert f"{CAPACITY} stream slots" in replies[-1].reason
+            for filler in fillers:
+                assert one.handle([StepRequest(filler.stream, kind="leave")])[0].outcome == "done"
+        for reply, expected in zip(replies, (a[i], b[i])):
+            assert reply.outcome == "ok" and reply.frame_seq == expected[0]
+            np.testing.assert_allclose(reply.emotion.probs, expected[1], atol=1e-4, rtol=0)
+        if replies[0].snapshot is not None:
+            snapshot = replies[0].snapshot
+            at = i
+    assert one.batches == n and one.frames == 2 * n + len(fillers)
+    assert snapshot is not None and snapshot.frames == at + 1
+    # stream a moves to replica two after its snapshot: unknown there until it brings it
+    assert two.handle([StepRequest("a", frame=_wire(a[at + 1][2]))])[0].outcome == "unknown"
+    reply = two.handle([StepRequest("a", frame=_wire(a[at + 1][2]), resume=snapshot)])[0]
+    assert reply.outcome == "ok" and reply.joined
+    np.testing.assert_allclose(reply.emotion.probs, a[at + 1][1], atol=1e-4, rtol=0)
+    assert two.handle([StepRequest("a", kind="leave")])[0].outcome == "done"
+    assert not two.streams and two.slots.streams == 0
+
+
+def _wire(inputs: FrameInputs) -> FrameInputs:
+    """The frame as the ingress receives it (encoded and decoded)."""
+    return decode_frame(encode_frame(inputs, keep_all=True)[1:])[1]
+
+
+class _Collector(threading.Thread):
+    """Every message of the PUB edge."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        import zmq
+
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.connect(endpoint)
+        self.messages = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            if self.sock.poll(100):
+                self.messages.append(decode(self.sock.recv_multipart()))
+        self.sock.close(linger=0)
+
+
+def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from streamav.serve.app import deploy
+    from streamav.serve.deployment import ModelSettings, Placement
+    from streamav.serve.ingress import Ingress, IngressSettings
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    listen = f"tcp://127.0.0.1:{free_tcp_port()}"
+    edge = f"tcp://127.0.0.1:{free_tcp_port()}"
+    collector = _Collector(edge)
+    kill = threading.Event()
+    target: dict = {}
+    replies: dict[str, list] = {}
+
+    def on_reply(stream, reply):
+        replies.setdefault(stream, []).append(reply)
+        if (not target and stream.endswith(".s0") and reply.outcome == "ok"
+                and sum(r.outcome == "ok" for r in replies[stream]) == 8):
+            target["replica"] = reply.replica  # the replica of s0, after 8 of its frames
+            kill.set()
+
+    ingress = None
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        from ray import serve
+
+        handle = deploy(ModelSettings(folder=str(default_model_folder()), capacity=CAPACITY,
+                                      snapshot_every=5, engine_dir=str(_engine_dir())),
+                        Placement(replicas=2, num_cpus=1, max_replicas_per_node=1))
+        ingress = Ingress(handle, IngressSettings(listen=listen, publish=edge),
+                          on_reply=on_reply)
+        ingress.start()
+        collector.start()
+        time.sleep(0.5)  # the subscription reaches the edge
+        client = subprocess.Popen(
+            [*streamav_command(), "live", "--remote", listen, "--stream-id", "t",
+             "--no-realtime", "--no-preview", "--max-frames", str(FRAMES),
+             *[arg for clip in CLIPS for arg in ("--video", str(clip))]],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert kill.wait(120), "stream s0 never got 8 results"
+        ray.kill(ray.get_actor(target["replica"], namespace="serve"), no_restart=True)
+        out, err = client.communicate(timeout=180)
+        assert client.returncode == 0, err
+        deadline = time.monotonic() + 60
+        while (any(not r.closed or r.queue for r in ingress.routes.values())
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        time.sleep(0.5)  # the last results leave the edge
+        summary = ingress.summary()
+    finally:
+        if ingress is not None:
+            ingress.stop()
+        collector.done.set()
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+    streams = [f"t.s{i}" for i in range(len(CLIPS))]
+    assert sorted(summary["streams"]) == streams
+    by_stream: dict[str, list] = {s: [] for s in streams}  # emotion messages
+    before_move: dict[str, int] = {}  # how many of them came before the stream's `moved`
+    status: dict[str, list] = {s: [] for s in streams}
+    for m in collector.messages:  # in the order published (one socket)
+        if m.topic == "emotion":
+            by_stream[m.stream].append(m)
+        elif m.topic == "status":
+            status[m.stream].append(m.body)
+            if m.body.state == "moved":
+                before_move[m.stream] = len(by_stream[m.stream])
+    served_on = {s: next(b.reason.split(" on ")[1] for b in status[s] if b.state == "served")
+                 for s in streams}
+    assert len(set(served_on.values())) == 2  # both replicas served streams
+    nodes = {r.node for rs in replies.values() for r in rs if r.outcome == "ok"}
+    assert len(nodes) == 2  # on both nodes
+    moved = {s for s in streams if served_on[s] == target["replica"]}
+    assert "t.s0" in moved and len(moved) < len(streams)
+    lost_total = 0
+    for i, s in enumerate(streams):
+        expected = alone[i]
+        got = by_stream[s]
+        seqs = [m.seq for m in got]
+        assert seqs == sorted(set(seqs))
+        gaps = seqs[-1] + 1 - len(seqs)
+        moves = [b for b in status[s] if b.state == "moved"]
+        if s not in moved:
+            assert not moves and gaps == 0 and summary["streams"][s]["lost"] == 0
+            _same(got, expected)
+            continue
+        assert len(moves) == 1, [b.reason for b in status[s]]
+        reason = moves[0].reason
+        assert f"from {target['replica']} to " in reason and "snapshot of frame" in reason
+        lost = int(re.search(r"(\d+) frames lost", reason).group(1))
+        assert gaps == lost == summary["streams"][s]["lost"]
+        lost_total += lost
+        # up to the move, every frame and equal to the run alone; then the snapshot's state
+        assert seqs[before_move[s] - 1] == before_move[s] - 1
+        _same(got[:before_move[s]], expected)
+        assert got[-1].body.frame_seq == expected[-1][0]  # it went on to the clip's end
+    assert lost_total >= 1
+
+
+def _same(got: list, expected: list) -> None:
+    assert len(got) >= 1
+    assert [m.body.frame_seq for m in got] == [e[0] for e in expected[:len(got)]]
+    for m, e in zip(got, expected):
+        np.testing.assert_allclose(m.body.probs, e[1], atol=TOL, rtol=0)
+
+
+def _engine_dir() -> Path:
+    import os
+
+    return Path(os.environ["STREAMAV_ENGINE_DIR"])
+
+
+def test_serve_without_ray_says_how_to_install_it(tmp_path):
+    """The default install has no Ray: `streamav serve` is one line and exit 5 (a missing
+    optional dependency, as every extra)."""
+    hide = tmp_path / "sitecustomize.py"
+    hide.write_text("import sys\nsys.modules['ray'] = None\n")
+    result = subprocess.run([*streamav_command(), "serve"], capture_output=True, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)},
+                            timeout=60)
+    assert result.returncode == 5
+    assert result.stderr.strip().splitlines() == [
+        "streamav: error: streamav serve needs Ray Serve: pip install 'streamav[serve]' "
+        "(Ray Serve)"]
