@@ -744,6 +744,25 @@ def serve(
                f"{summary['stopped']}", err=True)
 
 
+@app.command(name="export")
+def export(
+    triton: Path = typer.Option(
+        ..., help="Write an NVIDIA Triton model repository here: the step, a config.pbtxt with "
+                  "the sequence batcher keeping its state (docs/scaling.md; not tested here)."),
+    model: Optional[Path] = typer.Option(
+        None, help="Model folder. (default: the model shipped in the package)"),
+    instances: int = typer.Option(4, help="Model instances (concurrent streams) per device."),
+    kind: str = typer.Option("gpu", help="gpu or cpu instances."),
+) -> None:
+    """Export the model step for another server (NVIDIA Triton)."""
+    from streamav.data import default_model_folder
+    from streamav.serve.triton import export_triton
+
+    where = export_triton(model or default_model_folder(), triton, instances, kind)
+    typer.echo(f"streamav: Triton model repository in {triton} ({where.name}: config.pbtxt, "
+               "1/model.onnx, initial_state/)", err=True)
+
+
 def _check_writable(path: Path) -> None:
     """InputError now, before the work, when `path` cannot be written."""
     try:

@@ -41,8 +41,6 @@ from streamav.wire.protocol import decode
 
 from conftest import SHARED_DATA, free_tcp_port, streamav_command
 
-pytestmark = pytest.mark.slow
-
 FRAMES = 30  # per clip
 CAPACITY = 8  # slots per replica: the survivor takes the moved streams at once
 TOL = 1e-4 + 1e-5  # batch-8 export vs the shipped batch-1 step, plus the wire's 5 decimals
@@ -101,6 +99,7 @@ def alone():
     return {i: _alone(clip) for i, clip in enumerate(CLIPS)}
 
 
+@pytest.mark.slow
 def test_replica_core_batches_snapshots_restores_and_refuses(engine, alone):
     """Streams in one replica's batch equal their runs alone; one beyond its slots is refused;
     a stream restored from a snapshot on another replica goes on exactly as it would have."""
@@ -171,6 +170,7 @@ class _Collector(threading.Thread):
         self.sock.close(linger=0)
 
 
+@pytest.mark.slow
 def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
@@ -305,3 +305,39 @@ def test_serve_without_ray_says_how_to_install_it(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "streamav: error: streamav serve needs Ray Serve: pip install 'streamav[serve]' "
         "(Ray Serve)"]
+
+
+def test_triton_export_repository_carries_the_step_and_its_state(tmp_path):
+    """`streamav export --triton`: the repository's files, and Triton's implicit-state loop
+    played with ONNX Runtime over them (initial state from initial_state/, each output state
+    fed back as the next input) gives the shipped step's outputs. Triton itself is not run."""
+    import onnxruntime as ort
+
+    from streamav.engines.backends.onnx_numpy import NumpyOnnxStep
+    from streamav.engines.shipped import find_shipped_step
+
+    result = subprocess.run([*streamav_command(), "export", "--triton", str(tmp_path / "repo"),
+                             "--instances", "2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / "repo" / "streamav_step"
+    config = (model / "config.pbtxt").read_text()
+    states = re.findall(r'input_name: "(\w+)"\s+output_name: "(\w+)"', config)
+    step = NumpyOnnxStep(find_shipped_step(default_model_folder())[0], threads=1)
+    assert [i for i, _ in states] == list(step.input_names[2:])
+    assert [o for _, o in states] == list(step.output_names[step.n_outputs:])
+    assert 'platform: "onnxruntime_onnx"' in config and "count: 2 kind: KIND_GPU" in config
+    session = ort.InferenceSession(str(model / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    state = {i: np.fromfile(model / "initial_state" / i, "<f4").reshape(shapes[i])
+             for i, _ in states}
+    reference = step.initial_state()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        spectrum = rng.random((1, 513), np.float32)
+        face = rng.random((1, 3, 64, 64), np.float32) - 0.5
+        outputs = dict(zip([o.name for o in session.get_outputs()],
+                           session.run(None, {"spectrum": spectrum, "face": face, **state})))
+        state = {i: outputs[o] for i, o in states}
+        expected, reference = step.step(spectrum, face, reference)
+        np.testing.assert_array_equal(outputs["emotion_probs"], expected["emotion_probs"])
