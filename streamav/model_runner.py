@@ -108,10 +108,18 @@ def open_slots(folder: Path, choice: EngineChoice, capacity: int, threads: int =
                engine_dir: Path | None = None, inputs: EngineInputs | None = None,
                gather_s: float = 0.005) -> SlotRunner:
     """`capacity` stream slots stepped together on `choice`'s engine built for that batch
-    (with PyTorch; without it, the shipped batch-1 step once per stream of a tick)."""
+    (with PyTorch; without it, the shipped batch-1 step once per stream of a tick), and on the
+    shipped batch-1 step for the ticks of one face when `choice` is the CPU default."""
     engine = open_batch_engine(folder, dataclasses.replace(choice, batch=capacity), threads,
                                engine_dir, inputs)
-    return SlotRunner(engine, capacity, gather_s)
+    smaller: tuple[BatchEngine, ...] = ()
+    single = dataclasses.replace(choice, batch=1)
+    if capacity > 1 and engine.batch > 1 and shipped_can_run(single):
+        # the shipped batch-1 step beside it (no build): a tick of one face costs one row
+        shipped, _ = find_shipped_step(Path(folder))
+        if shipped is not None and importlib.util.find_spec("onnxruntime") is not None:
+            smaller = (ShippedBatchEngine(shipped, threads),)
+    return SlotRunner(engine, capacity, gather_s, smaller)
 
 
 def open_batch_engine(folder: Path, choice: EngineChoice, threads: int = 1,

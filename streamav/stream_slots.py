@@ -10,7 +10,9 @@ from their own threads (each stream's pipeline worker); `step` waits until every
 holds a slot has handed in its frame, or `gather_s` has passed since the first one did, and
 then one of the waiting threads runs the whole tick as one engine call (the rows of the streams
 that handed in a frame, padded with fresh state up to the engine's static batch) and hands each
-stream its row. A stream without a face this tick hands in nothing (`idle()`: the tick need
+stream its row. With `smaller` engines (e.g. the batch-1 step beside the batch-N one), a tick
+runs on the smallest engine that holds its rows: in real time the streams' frames arrive out of
+phase, most ticks gather one face, and a batch-N call for it would cost N rows. A stream without a face this tick hands in nothing (`idle()`: the tick need
 not wait for it): its state is held.
 
 Each row is the step of its own stream alone: the model has no operation across the batch, so a
@@ -66,10 +68,18 @@ def finite_rows(arrays, rows: int) -> np.ndarray:
 class SlotRunner:
     """`capacity` stream slots stepped together; see the module docstring."""
 
-    def __init__(self, engine: BatchEngine, capacity: int = 1, gather_s: float = 0.005) -> None:
+    def __init__(self, engine: BatchEngine, capacity: int = 1, gather_s: float = 0.005,
+                 smaller: tuple[BatchEngine, ...] = ()) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.engine = engine
+        # the engines by static batch: a tick runs on the smallest that holds its rows (the
+        # streams of a real-time run rarely hand in their faces together: a tick of one row
+        # on a batch-N engine would pay for N)
+        self.engines = dict(sorted({e.batch: e for e in (*smaller, engine)}.items()))
+        fresh_rows = [tuple(s[:1].shape for s in e.initial_state()) for e in self.engines.values()]
+        if any(rows != fresh_rows[0] for rows in fresh_rows):
+            raise ValueError("the engines of one SlotRunner must share the state's layout")
         self.capacity = capacity
         self.gather_s = gather_s
         self.label = engine.label
@@ -90,7 +100,8 @@ class SlotRunner:
         self._stepping = False
         self._cond = threading.Condition()
         self.nonfinite_per_slot = [0] * capacity
-        self.ticks = 0  # engine calls (ticks) made
+        self.ticks = 0  # ticks run (each one engine call or more)
+        self.calls_per_batch = {b: 0 for b in self.engines}  # engine calls, by static batch
         self.rows_stepped = 0  # stream-frames stepped in them
 
     # -- membership -------------------------------------------------------------------------
@@ -183,20 +194,21 @@ class SlotRunner:
 
     def _run_tick(self, batch: dict[int, tuple[np.ndarray, np.ndarray]]
                   ) -> dict[int, dict[str, np.ndarray] | None]:
-        """The tick's rows in as few engine calls as the engine's static batch allows (one,
-        when it is at least the number of rows). Called with the lock released, by one thread
+        """The tick's rows on the smallest engine that holds them (in chunks of the largest
+        batch when none does). Called with the lock released, by one thread
         at a time (`_stepping`): only it touches the state arrays meanwhile."""
         self.ticks += 1
         slots = sorted(batch)
         results: dict[int, dict[str, np.ndarray] | None] = {}
-        size = self.engine.batch
-        for start in range(0, len(slots), size):
-            chunk = slots[start:start + size]
-            results.update(self._run_rows(chunk, batch, size))
-        self.rows_stepped += len(slots)
+        while slots:
+            size = next((b for b in self.engines if b >= len(slots)), max(self.engines))
+            chunk, slots = slots[:size], slots[size:]
+            results.update(self._run_rows(self.engines[size], chunk, batch, size))
+            self.calls_per_batch[size] += 1
+            self.rows_stepped += len(chunk)
         return results
 
-    def _run_rows(self, rows: list[int], batch, size: int
+    def _run_rows(self, engine: BatchEngine, rows: list[int], batch, size: int
                   ) -> dict[int, dict[str, np.ndarray] | None]:
         n = len(rows)
         if n == size == 1:  # one stream's arrays as they came: no copy
@@ -214,7 +226,7 @@ class SlotRunner:
             state = tuple(np.concatenate([a[rows], np.repeat(f, size - n, axis=0)])
                           if n < size else np.ascontiguousarray(a[rows])
                           for a, f in zip(self._state, self._fresh_row))
-        outputs, next_state = self.engine.run(spectrum, face, state)
+        outputs, next_state = engine.run(spectrum, face, state)
         valid = finite_rows((spectrum, face, *outputs.values(), *next_state), size)[:n]
         if whole and valid.all():
             # every slot stepped: the next state is the engine's new arrays, taken as they are

@@ -187,6 +187,8 @@ def test_pipeline_streams_runs_n_streams_in_one_process(tiny_model, engine_dir, 
             p = stream[stage]  # the stream's own messages, timed as they left the socket
             assert 0 < p["p50"] <= p["p99"], (stream["id"], stage)
     total = sum(s["frames"] for s in run["per_stream"])
+    assert sum(run["engine_calls_per_batch"].values()) >= run["ticks"] > 0
+    assert set(run["engine_calls_per_batch"]) <= {"1", "2"}
     assert run["capture_to_publish_ms"]["count"] == total
     assert run["process_cpu"]["cpu_ms_per_frame"] > 0 and run["process_cpu"]["frames"] > 0
     assert isinstance(run["holds"], bool) and (run["holds"] or run["why_not"])

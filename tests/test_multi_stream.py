@@ -140,6 +140,9 @@ def test_streams_join_leave_are_refused_and_match_their_runs_alone(slots):
         "a": N_A, "b": N_B, "c": N_B}
     assert slots.streams == 0  # every slot freed
     assert slots.rows_stepped > slots.ticks  # some ticks stepped two streams in one call
+    # a's ticks alone (before b joins) ran on the shipped batch-1 step, not a padded batch 2
+    assert sorted(slots.engines) == [1, 2]
+    assert slots.calls_per_batch[1] >= 4 and slots.calls_per_batch[2] > 0
     refused = [m for m in messages if m.topic == "status" and m.body.state == "refused"]
     assert [m.stream for m in refused] == ["d"] and "2 stream slots" in refused[0].body.reason
     by_stream = {}

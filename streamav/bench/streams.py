@@ -155,8 +155,15 @@ def run_streams(n: int, settings: StreamsSettings, overrides: dict) -> dict:
         cpu = {"cpu_ms_per_frame": round(cpu_s * 1e3 / frames, 3),
                "cores_busy": round(cpu_s / wall_s, 3), "frames": int(frames),
                "seconds": round(wall_s, 3)}
-    entry = {"streams": n, "engine": None if run.slots is None else run.slots.label,
+    slots = run.slots
+    entry = {"streams": n, "engine": None if slots is None else slots.label,
              "setup_s": round(setup_s, 3), "per_stream": streams,
+             # engine calls, and stream-frames per call (n when every tick gathers every stream)
+             "ticks": None if slots is None else slots.ticks,
+             "rows_per_tick": (round(slots.rows_stepped / slots.ticks, 3)
+                               if slots is not None and slots.ticks else None),
+             "engine_calls_per_batch": None if slots is None else {
+                 str(b): calls for b, calls in slots.calls_per_batch.items()},
              "refused": list(run.refused),
              "errors": {sid: str(e) for sid, e in run.errors.items()},
              "process_cpu": cpu,
