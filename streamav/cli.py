@@ -587,15 +587,49 @@ def bench(
     seconds: Optional[float] = typer.Option(
         None, help="--streams: seconds each run of N streams lasts (clips looped). "
                    "(default: 10)"),
+    serve: bool = typer.Option(
+        False, "--serve", help="Streams through `streamav serve` (Ray Serve on this machine; "
+                               "the serve path alone): streams sustained at 30 fps and p99 per "
+                               "stream, with --streams N|auto (default auto), --replicas."),
+    replicas: int = typer.Option(2, help="--serve: model replicas."),
 ) -> None:
     """Measure the model step on every backend, or the live path (docs/bench.md)."""
     from streamav.bench import run_bench_command
 
     _check_outputs((json_out, "--json"), (plot, "--plot"))
+    if serve:
+        _bench_serve(streams, seconds, replicas, video, model, engine_dir, json_out)
+        return
     run_bench_command(backend=backend, device=device, batch=batch, frames=frames, warmup=warmup,
                       json_out=json_out, plot=plot, model=model, engine_dir=engine_dir,
                       threads=threads, pipeline=pipeline, video=video, demo=demo, repeat=repeat,
                       realtime=realtime, streams=streams, seconds=seconds)
+
+
+def _bench_serve(streams: Optional[str], seconds: Optional[float], replicas: int,
+                 video: Optional[Path], model: Optional[Path], engine_dir: Optional[Path],
+                 json_out: Optional[Path]) -> None:
+    """`streamav bench --serve` (streamav.bench.serve): one line per run, the JSON."""
+    from streamav.bench import report
+    from streamav.bench.serve import DEFAULT_SECONDS, ServeBenchSettings, run_serve_bench
+    from streamav.bench.streams import parse_streams
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    settings = ServeBenchSettings(
+        clip=video or demo_clip_path(), streams=parse_streams(streams or "auto"),
+        replicas=replicas, seconds=DEFAULT_SECONDS if seconds is None else seconds,
+        model_folder=model, engine_dir=engine_dir)
+    document = run_serve_bench(settings, err)
+    for run in document["runs"]:
+        typer.echo(f"{run['streams']} streams on {run['replicas']} replicas: "
+                   f"{'holds' if run['holds'] else 'does not hold'}, p99 max "
+                   f"{run['p99_ms_max']} ms, {run['lost_total']} lost, load "
+                   f"{run['load_average_end']}")
+    typer.echo(f"streams sustained at 30 fps through serve: {document['largest_holding']}")
+    if json_out is not None:
+        report.write_json(document, json_out)
+        err.print(f"streamav bench: wrote {json_out}")
 
 
 @app.command()

@@ -341,3 +341,11 @@ def test_triton_export_repository_carries_the_step_and_its_state(tmp_path):
         state = {i: outputs[o] for i, o in states}
         expected, reference = step.step(spectrum, face, reference)
         np.testing.assert_array_equal(outputs["emotion_probs"], expected["emotion_probs"])
+
+
+def test_bench_serve_checks_its_options_before_starting_ray():
+    result = subprocess.run([*streamav_command(), "bench", "--serve", "--streams", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "streamav: error: --streams must be at least 1, got 0")

@@ -29,7 +29,6 @@ Streams, snapshots, refusals:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 
 from streamav.engines.choice import EngineChoice
 from streamav.model.inputs import SPECTRUM_BINS, face_to_model
-from streamav.model_runner import open_batch_engine
+from streamav.model_runner import open_slots
 from streamav.model_stage import ModelStage
 from streamav.offline_features import OfflineInputs
 from streamav.serve.frames import FrameInputs
@@ -51,41 +50,64 @@ log = logging.getLogger(__name__)
 Outcome = Literal["ok", "refused", "unknown", "nonfinite", "done"]
 
 
-class TickSlots(SlotRunner):
-    """A SlotRunner stepped by its caller, one tick per call (`step_tick`), rather than by
-    gathering its streams' threads: a Serve batch is already a tick. Adds the snapshot and
-    restore of one slot's state rows."""
+class TickSlots:
+    """A SlotRunner (streamav.stream_slots) stepped by its caller, one tick per call
+    (`step_tick`), rather than by gathering its streams' threads: a Serve batch is already a
+    tick. Adds the snapshot and restore of one slot's state rows. The runner's engines are
+    those of `open_slots`: the batch-`capacity` engine, and on the CPU default the shipped
+    batch-1 step beside it, so that a tick of one row does not pay for a padded batch."""
+
+    def __init__(self, runner: SlotRunner) -> None:
+        self.runner = runner
+
+    @property
+    def capacity(self) -> int:
+        return self.runner.capacity
+
+    @property
+    def label(self) -> str:
+        return self.runner.label
+
+    @property
+    def streams(self) -> int:
+        return self.runner.streams
+
+    def join(self) -> SlotHandle:
+        return self.runner.join()
 
     def step_tick(self, rows: dict[int, tuple[np.ndarray, np.ndarray]]
                   ) -> dict[int, dict[str, np.ndarray] | None]:
         """{slot: ((1, 513) spectrum, (1, 3, 64, 64) face)} -> {slot: outputs, None when
-        non-finite (counted, the slot reset)}: as few engine calls as the static batch allows."""
-        with self._cond:
-            self._wait_idle()
-            self._stepping = True
+        non-finite (counted, the slot reset)}, on the smallest engine that holds the rows."""
+        r = self.runner
+        with r._cond:
+            r._wait_idle()
+            r._stepping = True
         try:
-            return self._run_tick(rows)
+            return r._run_tick(rows)
         finally:
-            with self._cond:
-                self._stepping = False
-                self._cond.notify_all()
+            with r._cond:
+                r._stepping = False
+                r._cond.notify_all()
 
     def state_rows(self, slot: int) -> tuple[np.ndarray, ...]:
         """A copy of one slot's state, each array (1, ...)."""
-        with self._cond:
-            self._wait_idle()
-            return tuple(np.array(a[slot:slot + 1]) for a in self._state)
+        r = self.runner
+        with r._cond:
+            r._wait_idle()
+            return tuple(np.array(a[slot:slot + 1]) for a in r._state)
 
     def restore_rows(self, slot: int, rows: tuple[np.ndarray, ...]) -> None:
-        with self._cond:
-            self._wait_idle()
-            if len(rows) != len(self._state):
+        r = self.runner
+        with r._cond:
+            r._wait_idle()
+            if len(rows) != len(r._state):
                 raise ValueError(f"a snapshot of {len(rows)} state arrays, the engine has "
-                                 f"{len(self._state)}")
-            own = getattr(self, "_own_state", None)  # the state may be the engine's arrays
+                                 f"{len(r._state)}")
+            own = getattr(r, "_own_state", None)  # the state may be the engine's arrays
             if own is not None:
                 own()
-            for array, row in zip(self._state, rows):
+            for array, row in zip(r._state, rows):
                 array[slot:slot + 1] = row
 
 
@@ -190,9 +212,8 @@ class ReplicaCore:
         self.threads = threads
         self.engine_dir = engine_dir
         # an engine not in the cache yet is built here, its parity checked on real frames
-        engine = open_batch_engine(self.folder, dataclasses.replace(self.choice, batch=capacity),
-                                   threads, engine_dir, OfflineInputs())
-        self.slots = TickSlots(engine, capacity, gather_s=0.0)
+        self.slots = TickSlots(open_slots(self.folder, self.choice, capacity, threads,
+                                          engine_dir, OfflineInputs(), gather_s=0.0))
         self.streams: dict[str, _Stream] = {}
         self.batches = 0  # handle() calls with at least one frame
         self.frames = 0  # frames stepped
