@@ -16,7 +16,10 @@ tree are the median over its rounds, and every tree is given as a ratio to the f
   `slot_step` a SlotRunner step of one stream around an engine that returns ready arrays (the
   copies and the non-finite guard, no model), `ring_window_*` an AudioRing window read with the
   frame's time 0, 40 and 300 audio blocks behind the newest, and `engine_run` the runner's
-  engine for the CPU default (open_batch_engine(auto)) on real-shaped inputs.
+  engine for the CPU default (open_batch_engine(auto)) on real-shaped inputs;
+- `streams`: `streamav bench --pipeline --streams N` (--streams-n, default 2) for --seconds: the
+  process's CPU per frame, drops, fps, capture-to-emotion p50/p99, rows per tick (trees from
+  c899da5 on, which have it).
 
 The machine may be shared: the load average is recorded at the start and the end.
 """
@@ -60,6 +63,26 @@ def child_live(seconds: float) -> dict:
             "capture_to_emotion_p50": latency["capture_to_emotion"]["p50"],
             "capture_to_emotion_p99": latency["capture_to_emotion"]["p99"],
             "torch_imported_at_build": torch_before, "torch_imported": "torch" in sys.modules}
+
+
+def child_streams(n: int, seconds: float) -> dict:
+    from rich.console import Console
+
+    from streamav.bench.pipeline import resolve_clips
+    from streamav.bench.streams import StreamsSettings, run_streams_bench
+
+    document = run_streams_bench(StreamsSettings(clips=resolve_clips(None, True), streams=n,
+                                                 seconds=seconds), Console(stderr=True),
+                                 progress=False)
+    run = document["runs"][0]
+    per = run["per_stream"]
+    return {"holds": run["holds"], "cpu_ms_per_frame": run["process_cpu"]["cpu_ms_per_frame"],
+            "cores_busy": run["process_cpu"]["cores_busy"],
+            "dropped_frames": sum(x["dropped_frames"] or 0 for x in per),
+            "fps_min": min(x["fps"] for x in per),
+            "capture_to_emotion_p50": run["capture_to_emotion_ms"]["p50"],
+            "capture_to_emotion_p99": run["capture_to_emotion_ms"]["p99"],
+            "rows_per_tick": run.get("rows_per_tick")}
 
 
 def _best_us(fn, number: int) -> float:
@@ -110,11 +133,12 @@ def child_parts() -> dict:
     return out
 
 
-def run_child(tree: Path, kind: str, seconds: float) -> dict:
+def run_child(tree: Path, kind: str, seconds: float, streams_n: int = 2) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     env.setdefault("STREAMAV_ENGINE_DIR", str(ROOT / "engines"))
     result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", kind,
-                             "--seconds", str(seconds)], env=env, capture_output=True,
+                             "--seconds", str(seconds), "--streams-n", str(streams_n)],
+                            env=env, capture_output=True,
                             text=True, cwd="/tmp", timeout=600)
     if result.returncode != 0:
         raise SystemExit(f"{tree} {kind} failed:\n{result.stderr[-3000:]}")
@@ -137,10 +161,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--kinds", default="parts,live")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--child", choices=("live", "parts"))
+    parser.add_argument("--streams-n", type=int, default=2, help="streams of the `streams` kind")
+    parser.add_argument("--child", choices=("live", "parts", "streams"))
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child_live(args.seconds) if args.child == "live" else child_parts()))
+        print(json.dumps(child_live(args.seconds) if args.child == "live" else child_parts()
+                         if args.child == "parts" else child_streams(args.streams_n,
+                                                                     args.seconds)))
         return
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     kinds = args.kinds.split(",")
@@ -150,7 +177,8 @@ def main() -> None:
         order = trees if r % 2 == 0 else trees[::-1]
         for kind in kinds:
             for tree in order:
-                rows[kind][str(tree)].append(run_child(tree, kind, args.seconds))
+                rows[kind][str(tree)].append(run_child(tree, kind, args.seconds,
+                                                       args.streams_n))
                 print(f"round {r + 1} {kind} {tree}: {rows[kind][str(tree)][-1]}",
                       file=sys.stderr)
     result: dict = {"trees": [str(t) for t in trees], "rounds": args.rounds,
