@@ -10,7 +10,7 @@ clip and 7 GRID clips, offline). Mid-run the replica serving one stream is kille
   alone in one process (`streamav live` code, the shipped batch-1 step; the replicas run the
   batch-8 export: float32 rounding only), with no `seq` gap;
 - each stream of the killed replica has one `status` `moved` (from the dead replica to the
-  other, from a snapshot), its emotion equal to its run alone up to the first lost frame, and
+  other, from its last snapshot, or afresh when it had none yet), its emotion equal to its run alone up to the first lost frame, and
   `seq` gaps that add up to the frames the status says were lost (at least one in all: the
   frames in flight on the dead replica);
 - each stream's results go on to its clip's last frame.
@@ -269,7 +269,10 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
             continue
         assert len(moves) == 1, [b.reason for b in status[s]]
         reason = moves[0].reason
-        assert f"from {target['replica']} to " in reason and "snapshot of frame" in reason
+        assert f"from {target['replica']} to " in reason
+        # s0 had 8 frames stepped at the kill: a snapshot (every 5); a stream behind it may not
+        assert ("snapshot of frame 4" in reason if s == "t.s0" else
+                "snapshot of frame" in reason or "fresh state (no snapshot yet)" in reason)
         lost = int(re.search(r"(\d+) frames lost", reason).group(1))
         assert gaps == lost == summary["streams"][s]["lost"]
         lost_total += lost
