@@ -7,12 +7,12 @@ clip and 7 GRID clips, offline). Mid-run the replica serving one stream is kille
 
 - every stream was served, on both nodes;
 - each stream the kill did not touch has every frame's emotion, equal to the same clip run
-  alone in one process (`streamav live` code, the shipped batch-1 step; the replicas run the
-  batch-8 export: float32 rounding only), with no `seq` gap;
+  alone in one process (`streamav live` code, the shipped batch-1 step; a replica runs a
+  tick of several rows on the batch-8 export: float32 rounding only), with no `seq` gap;
 - each stream of the killed replica has one `status` `moved` (from the dead replica to the
-  other, from its last snapshot, or afresh when it had none yet), its emotion equal to its run alone up to the first lost frame, and
-  `seq` gaps that add up to the frames the status says were lost (at least one in all: the
-  frames in flight on the dead replica);
+  other, from its last snapshot, or afresh when it had none yet), its emotion equal to its
+  run alone up to the move, and `seq` gaps that add up to the frames the status says were
+  lost (at least one in all: the frames in flight on the dead replica);
 - each stream's results go on to its clip's last frame.
 
 The replica's own work (slots, batch, snapshot and restore, refusal) is checked without Ray
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path

@@ -11,9 +11,11 @@ first batches) are not counted.
 
 Ray runs on this machine (`ray.init`), the model deployment with R replicas of
 ceil(N / R) slots each (a new deployment per N: the slots are the engine's static batch), the
-ingress in this process. A run *holds* as `bench --pipeline --streams` says
-(streamav.bench.streams): every stream at >= FPS_SHARE of 30 fps, nothing lost, p99 <=
-P99_BOUND_MS; `auto` searches the largest N that holds the same way.
+ingress in this process. A run *sustains* 30 fps when every stream got >= FPS_SHARE of 30 fps
+back and lost nothing; it *holds* when besides every stream's p99 is <= P99_BOUND_MS, as
+`bench --pipeline --streams` says (streamav.bench.streams). `auto` searches the largest N
+that sustains 30 fps (N = 1, 2, 4, ... then a bisection), each run's p99 per stream reported;
+`largest_holding` is the largest N among the runs made that also held the p99 bound.
 """
 
 from __future__ import annotations
@@ -194,6 +196,7 @@ def run_n(n: int, settings: ServeBenchSettings, inputs: list, folder: Path) -> d
              "ingress": {k: summary[k] for k in ("frames_in", "bad_messages")},
              "load_average_start": load_start, "load_average_end": load_average()}
     entry["holds"], entry["why_not"] = holds(entry)
+    entry["sustains"] = not any("p99" not in why for why in entry["why_not"])
     return entry
 
 
@@ -237,10 +240,13 @@ def run_serve_bench(settings: ServeBenchSettings, console) -> dict:
                           f"{settings.seconds:g} s ...")
             entry = run_n(n, settings, inputs, folder)
             console.print(
-                f"streamav bench: {n} streams: {'holds' if entry['holds'] else 'does not hold'}"
+                f"streamav bench: {n} streams: "
+                f"{'sustains' if entry['sustains'] else 'does not sustain'} 30 fps, "
+                f"{'holds' if entry['holds'] else 'does not hold'} p99 <= {P99_BOUND_MS:g} ms"
                 + (f" ({'; '.join(entry['why_not'][:3])})" if entry["why_not"] else "")
                 + f", p99 max {entry['p99_ms_max']} ms, load {entry['load_average_end']}")
-            return entry
+            # the search runs on "sustains"; "holds" (p99 too) is read off the runs made
+            return {**entry, "holds": entry["sustains"], "holds_p99": entry["holds"]}
 
         largest, runs = search(settings, probe)
     finally:
@@ -255,6 +261,9 @@ def run_serve_bench(settings: ServeBenchSettings, console) -> dict:
         "p99_bound_ms": P99_BOUND_MS, "limit": settings.limit,
         "asked_streams": settings.streams if settings.streams is not None else "auto",
         "measured": "synthetic client send -> ingress -> replica -> PUB edge receipt"})
+    for run in runs:  # back to the names of the module docstring
+        run["holds"] = run.pop("holds_p99")
     document["runs"] = runs
-    document["largest_holding"] = largest
+    document["largest_sustained"] = largest
+    document["largest_holding"] = max((r["streams"] for r in runs if r["holds"]), default=0)
     return document

@@ -94,7 +94,8 @@ def run_serve(options: ServeOptions, on_ready=None) -> dict:
                      options.capacity)
             if on_ready is not None:
                 on_ready()
-            deadline = None if options.duration_s is None else time.monotonic() + options.duration_s
+            deadline = (None if options.duration_s is None
+                        else time.monotonic() + options.duration_s)
             while not stop.wait(0.5):  # short waits: a signal's handler runs between them
                 if deadline is not None and time.monotonic() >= deadline:
                     break

@@ -32,7 +32,8 @@ of the stream's `emotion`, `video.denoised` and `latent` topics without a messag
 (`Publisher.skip`): the gaps a subscriber sees count what was lost. A stream for which no
 replica has a free slot when it first arrives is refused: a `status` of state `refused`, and the
 client is told (it stops that stream); a moved stream that finds no room tries again every
-`retry_s`, its frames lost meanwhile.
+`retry_s`, its frames lost meanwhile. A stream whose client has sent nothing for
+`idle_leave_s` (a client that died without its `leave`) leaves: its slot is freed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +73,9 @@ class IngressSettings:
     publish: str = DEFAULT_PUB_ENDPOINT  # the PUB edge: subscribers connect here
     queue_frames: int = 8  # real time: frames a stream's queue holds before the oldest is lost
     retry_s: float = 0.25  # a moved stream that found no room tries again after this
+    # a stream whose client sent nothing (no frame, no forwarded message) for this long leaves:
+    # its slot is freed (a client that died without its `leave`)
+    idle_leave_s: float = 30.0
     curve_secret_key_file: Path | None = None  # for a non-loopback listen / publish
     curve_client_keys: Path | str | None = None
     publisher_queue: int = 2048
@@ -104,6 +109,7 @@ class _Route:
     moves: int = 0
     refused: bool = False
     closed: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
 
 
 class Ingress:
@@ -180,7 +186,11 @@ class Ingress:
                 raise EndpointError(f"cannot bind {self.settings.listen}: {exc}") from None
             self._sock = sock
             self._ready.set()
+            next_idle_check = time.monotonic() + 1.0
             while not self._stop.is_set():
+                if time.monotonic() >= next_idle_check:
+                    self._leave_idle()
+                    next_idle_check = time.monotonic() + 1.0
                 if not await sock.poll(_POLL_MS):
                     continue
                 parts = await sock.recv_multipart()
@@ -218,6 +228,9 @@ class Ingress:
                 raise InputError(f"unknown topic {header.topic!r}")
             self.publisher.publish(message, header.t_capture_ns, buffers, stream=header.stream)
             self.messages_forwarded += 1
+            route = self.routes.get(header.stream)
+            if route is not None:
+                route.last_seen = time.monotonic()
         elif kind == KIND_CTL:
             command = decode_command(rest)
             route = self.routes.get(command.stream)
@@ -236,7 +249,17 @@ class Ingress:
             route.task = asyncio.get_running_loop().create_task(self._drive(route))
             self.routes[stream] = route
         route.identity = identity
+        route.last_seen = time.monotonic()
         return route
+
+    def _leave_idle(self) -> None:
+        now = time.monotonic()
+        for route in list(self.routes.values()):
+            if (not route.closed and not route.queue
+                    and now - route.last_seen > self.settings.idle_leave_s):
+                log.info("stream %s: nothing from its client for %.0f s: it leaves",
+                         route.stream, now - route.last_seen)
+                self._enqueue(route, _Item("leave"))
 
     def _enqueue(self, route: _Route, item: _Item) -> None:
         route.queue.append(item)
