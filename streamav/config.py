@@ -111,6 +111,10 @@ class RunConfig:
     max_streams: int = 8
     # how long a tick's first face waits for the other streams' faces before the step runs
     gather_ms: float = 5.0
+    # The model step in a thread of its own (LivePipeline): the face of frame t+1 overlaps
+    # the step of frame t, so both cores work. Offline outputs are those of the serial worker;
+    # a reset asked from another thread or from on_frame may land one frame later.
+    pipelined: bool = False
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,23 @@ class FrameResult:
 
 
 @dataclass(frozen=True)
+class _FrontResult:
+    """What the worker made of a frame before the model step."""
+
+    frame: VideoFrame
+    face: FaceResult
+    level: float | None
+    spectrum: np.ndarray | None
+    skew_ns: int | None
+    audio_end: int | None
+    t_pickup: int
+
+
+_MODEL_RESET = object()  # pipelined: the model's state starts again here (a reset)
+_END = object()  # pipelined: no more frames
+
+
+@dataclass(frozen=True)
 class RunSummary:
     final_stats: dict
     stop_reason: str
@@ -199,6 +216,11 @@ class LivePipeline:
         self._resets: list[_PendingReset] = []  # reset() from other threads, for the worker
         self._resets_lock = threading.Lock()
         self._worker_thread: threading.Thread | None = None
+        # a pipelined run ([run] pipelined): the model thread and its queue of one
+        self._to_model: queue.Queue | None = None
+        self._model_thread: threading.Thread | None = None
+        self._model_error: BaseException | None = None
+        self._frames_handed = 0
         self._frames_read = 0  # frames the worker has taken from the ring
         self._face_seen_ns: int | None = None  # media time of the newest frame with a face
         self._profile_requests: queue.SimpleQueue = queue.SimpleQueue()  # `profile.load`
@@ -288,7 +310,9 @@ class LivePipeline:
     def _apply_reset(self, reason: str, external: bool) -> None:
         """Worker thread: every stage's state starts again; a `status` says so."""
         stages: list[Stage] = [self.face, self.spectrum]
-        if self.model is not None:
+        if self.model is not None and self._to_model is not None:
+            self._hand_over(_MODEL_RESET)  # after the frames already handed over
+        elif self.model is not None:
             stages.append(self.model)
         for stage in stages:
             stage.reset()
@@ -468,12 +492,59 @@ class LivePipeline:
 
     def _work(self) -> None:
         try:
+            if self._pipelined_wanted():
+                self._to_model = queue.Queue(maxsize=1)
+                self._model_thread = threading.Thread(
+                    target=self._model_loop, name="streamav-model", daemon=True)
+                self._model_thread.start()
             self._work_loop()
         except BaseException as exc:  # surfaced by run() in the main thread
             self._worker_error = exc
             self.request_stop(f"worker failed: {exc}")
         finally:
+            if self._model_thread is not None:  # it finishes the frames handed to it first
+                self._hand_over(_END)
+                self._model_thread.join()
+                if self._model_error is not None and self._worker_error is None:
+                    self._worker_error = self._model_error
             self._worker_done.set()
+
+    def _pipelined_wanted(self) -> bool:
+        """`[run] pipelined`, with a model, and the per-frame work split as this class has it
+        (a subclass with its own `_process` runs it whole, in one thread)."""
+        return (self.config.run.pipelined and self.model is not None
+                and type(self)._process is LivePipeline._process)
+
+    def _hand_over(self, item) -> None:
+        """Worker thread: give the model thread its next item, waiting while it is busy with
+        the one before (a queue of one: the face of frame t+1 overlaps the step of frame t)."""
+        while True:
+            try:
+                self._to_model.put(item, timeout=_READ_TIMEOUT_S)
+                return
+            except queue.Full:
+                continue
+
+    def _model_loop(self) -> None:
+        """The model thread of a pipelined run: each frame's step, messages, stats and
+        `on_frame`, in the order the worker handed them over; a model reset where the worker
+        applied one. After a failure it only drains (the worker never blocks on it)."""
+        while True:
+            item = self._to_model.get()
+            if item is _END:
+                return
+            if self._model_error is not None:
+                continue
+            try:
+                if item is _MODEL_RESET:
+                    self.model.reset()
+                    continue
+                self._finish_frame(item)
+                done_ns = now_ns() - item.t_pickup
+                self._processing_ns += _PROCESSING_EWMA * (done_ns - self._processing_ns)
+            except BaseException as exc:  # noqa: BLE001 - the run's error, raised by run()
+                self._model_error = exc
+                self.request_stop(f"worker failed: {exc}")
 
     def _work_loop(self) -> None:
         run = self.config.run
@@ -509,6 +580,12 @@ class LivePipeline:
                 self.stale_dropped += 1
                 continue
             t_pickup = now_ns()
+            if self._to_model is not None:  # pipelined: the step runs in the model thread
+                self._hand_over(self._front(frame, t_pickup))
+                self._frames_handed += 1
+                if run.max_frames is not None and self._frames_handed >= run.max_frames:
+                    self.request_stop("max frames reached")
+                continue
             self._process(frame, t_pickup)
             done_ns = now_ns() - t_pickup
             self._processing_ns += _PROCESSING_EWMA * (done_ns - self._processing_ns)
@@ -523,6 +600,12 @@ class LivePipeline:
         return now_ns() - frame.t_capture_ns + expected_ns > bound_ns
 
     def _process(self, frame: VideoFrame, t_pickup: int) -> None:
+        """One frame, whole: the front end, then the model and what follows."""
+        self._finish_frame(self._front(frame, t_pickup))
+
+    def _front(self, frame: VideoFrame, t_pickup: int) -> _FrontResult:
+        """Worker thread: the frame's audio window, spectrum and face, its `face` message, and
+        a reset when the face has been gone too long."""
         record = self.stats.latency.record_ns
         record("decode", frame.decode_ns)
         record("queue", t_pickup - frame.t_capture_ns)
@@ -541,6 +624,14 @@ class LivePipeline:
         record("face", now_ns() - t0)
         self.publisher.publish(face_message(face, frame), frame.t_capture_ns)
         self._check_face_lost(face, frame)
+        return _FrontResult(frame, face, level, spectrum, skew_ns, audio_end, t_pickup)
+
+    def _finish_frame(self, front: _FrontResult) -> None:
+        """The model step of a frame with a face (its state held without one), its messages,
+        the frame counted, `latest` and `on_frame`: the worker thread, or the model thread of a
+        pipelined run."""
+        record = self.stats.latency.record_ns
+        frame, face, spectrum = front.frame, front.face, front.spectrum
         messages = None
         if self.model is not None and face.found:
             t0 = now_ns()
@@ -553,8 +644,8 @@ class LivePipeline:
                 self._publish_model(messages, frame.t_capture_ns)
         elif self.model is not None:
             self.model.idle()  # no face: its state is held
-        self.stats.frame_done(face.found, skew_ns)
-        self.latest = FrameResult(frame, face, level, spectrum, messages, audio_end)
+        self.stats.frame_done(face.found, front.skew_ns)
+        self.latest = FrameResult(frame, face, front.level, spectrum, messages, front.audio_end)
         if self.on_frame is not None:
             self.on_frame(self.latest)
 
