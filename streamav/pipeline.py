@@ -216,7 +216,7 @@ class LivePipeline:
         self._resets: list[_PendingReset] = []  # reset() from other threads, for the worker
         self._resets_lock = threading.Lock()
         self._worker_thread: threading.Thread | None = None
-        # a pipelined run ([run] pipelined): the model thread and its queue of one
+        # a pipelined run ([run] pipelined): the model thread and what the worker hands it
         self._to_model: queue.Queue | None = None
         self._model_thread: threading.Thread | None = None
         self._model_error: BaseException | None = None
@@ -493,7 +493,7 @@ class LivePipeline:
     def _work(self) -> None:
         try:
             if self._pipelined_wanted():
-                self._to_model = queue.Queue(maxsize=1)
+                self._to_model = queue.Queue()
                 self._model_thread = threading.Thread(
                     target=self._model_loop, name="streamav-model", daemon=True)
                 self._model_thread.start()
@@ -516,14 +516,14 @@ class LivePipeline:
                 and type(self)._process is LivePipeline._process)
 
     def _hand_over(self, item) -> None:
-        """Worker thread: give the model thread its next item, waiting while it is busy with
-        the one before (a queue of one: the face of frame t+1 overlaps the step of frame t)."""
-        while True:
-            try:
-                self._to_model.put(item, timeout=_READ_TIMEOUT_S)
-                return
-            except queue.Full:
-                continue
+        """Worker thread: give the model thread its next item once it has finished the one
+        before: the face of frame t+1 overlaps the step of frame t, and no frame waits in the
+        queue behind another (in real time it would only grow older there)."""
+        to_model = self._to_model
+        with to_model.all_tasks_done:
+            while to_model.unfinished_tasks:
+                to_model.all_tasks_done.wait(_READ_TIMEOUT_S)
+        to_model.put(item)
 
     def _model_loop(self) -> None:
         """The model thread of a pipelined run: each frame's step, messages, stats and
@@ -531,11 +531,11 @@ class LivePipeline:
         applied one. After a failure it only drains (the worker never blocks on it)."""
         while True:
             item = self._to_model.get()
-            if item is _END:
-                return
-            if self._model_error is not None:
-                continue
             try:
+                if item is _END:
+                    return
+                if self._model_error is not None:
+                    continue
                 if item is _MODEL_RESET:
                     self.model.reset()
                     continue
@@ -545,6 +545,8 @@ class LivePipeline:
             except BaseException as exc:  # noqa: BLE001 - the run's error, raised by run()
                 self._model_error = exc
                 self.request_stop(f"worker failed: {exc}")
+            finally:
+                self._to_model.task_done()
 
     def _work_loop(self) -> None:
         run = self.config.run
