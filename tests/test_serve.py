@@ -21,7 +21,9 @@ on the shipped model too.
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -149,7 +151,8 @@ def _wire(inputs: FrameInputs) -> FrameInputs:
 
 
 class _Collector(threading.Thread):
-    """Every message of the PUB edge."""
+    """Every message of the PUB edge; `kill` is set, with the replica to kill, once stream s0
+    has had 8 emotion results (its replica named by its `served` status)."""
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(daemon=True)
@@ -161,22 +164,56 @@ class _Collector(threading.Thread):
         self.sock.connect(endpoint)
         self.messages = []
         self.done = threading.Event()
+        self.kill = threading.Event()
+        self.target: str | None = None
 
     def run(self) -> None:
+        s0_results, s0_replica = 0, None
         while not self.done.is_set():
-            if self.sock.poll(100):
-                self.messages.append(decode(self.sock.recv_multipart()))
+            if not self.sock.poll(100):
+                continue
+            m = decode(self.sock.recv_multipart())
+            self.messages.append(m)
+            if m.stream != "t.s0" or self.kill.is_set():
+                continue
+            if m.topic == "status" and m.body.state == "served":
+                s0_replica = _served(m.body.reason)[0]
+            elif m.topic == "emotion":
+                s0_results += 1
+                if s0_results == 8:
+                    self.target = s0_replica
+                    self.kill.set()
         self.sock.close(linger=0)
+
+    def emotion_frames(self, stream: str) -> list[int]:
+        return [m.body.frame_seq for m in list(self.messages)
+                if m.stream == stream and m.topic == "emotion"]
+
+
+def _served(reason: str) -> tuple[str, str]:
+    """(replica, node) of a `served` status."""
+    found = re.search(r" on (\S+) \(node (\w+)\)$", reason)
+    assert found, reason
+    return found.group(1), found.group(2)
+
+
+def _ready_line(path: Path, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if "streamav: serving" in path.read_text(errors="replace"):
+            return
+        assert process.poll() is None, path.read_text(errors="replace")[-3000:]
+        time.sleep(0.2)
+    raise AssertionError("streamav serve did not get ready: "
+                         + path.read_text(errors="replace")[-3000:])
 
 
 @pytest.mark.slow
-def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
+def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone, tmp_path):
+    """`streamav serve --address` on a two-node cluster, `streamav live --remote` with 8 clips,
+    a replica killed mid-run (see the module docstring)."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
-
-    from streamav.serve.app import deploy
-    from streamav.serve.deployment import ModelSettings, Placement
-    from streamav.serve.ingress import Ingress, IngressSettings
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": False})
@@ -184,28 +221,18 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
     listen = f"tcp://127.0.0.1:{free_tcp_port()}"
     edge = f"tcp://127.0.0.1:{free_tcp_port()}"
     collector = _Collector(edge)
-    kill = threading.Event()
-    target: dict = {}
-    replies: dict[str, list] = {}
-
-    def on_reply(stream, reply):
-        replies.setdefault(stream, []).append(reply)
-        if (not target and stream.endswith(".s0") and reply.outcome == "ok"
-                and sum(r.outcome == "ok" for r in replies[stream]) == 8):
-            target["replica"] = reply.replica  # the replica of s0, after 8 of its frames
-            kill.set()
-
-    ingress = None
+    log = tmp_path / "serve.log"
+    summary_path = tmp_path / "serve.json"
+    server = None
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        from ray import serve
-
-        handle = deploy(ModelSettings(folder=str(default_model_folder()), capacity=CAPACITY,
-                                      snapshot_every=5, engine_dir=str(_engine_dir())),
-                        Placement(replicas=2, num_cpus=1, max_replicas_per_node=1))
-        ingress = Ingress(handle, IngressSettings(listen=listen, publish=edge),
-                          on_reply=on_reply)
-        ingress.start()
+        with open(log, "w") as log_file:
+            server = subprocess.Popen(
+                [*streamav_command(), "serve", "--address", cluster.address, "--replicas", "2",
+                 "--max-replicas-per-node", "1", "--max-streams", str(CAPACITY),
+                 "--snapshot-every", "5", "--listen", listen, "--publish", edge,
+                 "--json", str(summary_path)], stdout=log_file, stderr=subprocess.STDOUT)
+        _ready_line(log, server, 120)
         collector.start()
         time.sleep(0.5)  # the subscription reaches the edge
         client = subprocess.Popen(
@@ -213,30 +240,30 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
              "--no-realtime", "--no-preview", "--max-frames", str(FRAMES),
              *[arg for clip in CLIPS for arg in ("--video", str(clip))]],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert kill.wait(120), "stream s0 never got 8 results"
-        ray.kill(ray.get_actor(target["replica"], namespace="serve"), no_restart=True)
+        assert collector.kill.wait(120), "stream s0 never got 8 results"
+        # from this process's driver
+        ray.kill(ray.get_actor(collector.target, namespace="serve"), no_restart=True)
         out, err = client.communicate(timeout=180)
         assert client.returncode == 0, err
-        deadline = time.monotonic() + 60
-        while (any(not r.closed or r.queue for r in ingress.routes.values())
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-        time.sleep(0.5)  # the last results leave the edge
-        summary = ingress.summary()
+        deadline = time.monotonic() + 60  # the ingress steps what it has queued
+        while (time.monotonic() < deadline and any(
+                (collector.emotion_frames(f"t.s{i}") or [-1])[-1] != alone[i][-1][0]
+                for i in range(len(CLIPS)))):
+            time.sleep(0.2)
+        time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0, log.read_text(errors="replace")[-3000:]
+        summary = json.loads(summary_path.read_text())
     finally:
-        if ingress is not None:
-            ingress.stop()
         collector.done.set()
-        try:
-            from ray import serve
+        if server is not None and server.poll() is None:
+            server.kill()
+        ray.shutdown()
+        cluster.shutdown()
 
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
-
+    target = collector.target
     streams = [f"t.s{i}" for i in range(len(CLIPS))]
-    assert sorted(summary["streams"]) == streams
+    assert sorted(summary["streams"]) == streams and summary["stopped"] == "SIGTERM"
     by_stream: dict[str, list] = {s: [] for s in streams}  # emotion messages
     before_move: dict[str, int] = {}  # how many of them came before the stream's `moved`
     status: dict[str, list] = {s: [] for s in streams}
@@ -247,12 +274,11 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
             status[m.stream].append(m.body)
             if m.body.state == "moved":
                 before_move[m.stream] = len(by_stream[m.stream])
-    served_on = {s: next(b.reason.split(" on ")[1] for b in status[s] if b.state == "served")
+    served_on = {s: next(_served(b.reason) for b in status[s] if b.state == "served")
                  for s in streams}
-    assert len(set(served_on.values())) == 2  # both replicas served streams
-    nodes = {r.node for rs in replies.values() for r in rs if r.outcome == "ok"}
-    assert len(nodes) == 2  # on both nodes
-    moved = {s for s in streams if served_on[s] == target["replica"]}
+    assert len({replica for replica, _ in served_on.values()}) == 2  # both replicas
+    assert len({node for _, node in served_on.values()}) == 2  # on both nodes
+    moved = {s for s in streams if served_on[s][0] == target}
     assert "t.s0" in moved and len(moved) < len(streams)
     lost_total = 0
     for i, s in enumerate(streams):
@@ -268,7 +294,7 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone):
             continue
         assert len(moves) == 1, [b.reason for b in status[s]]
         reason = moves[0].reason
-        assert f"from {target['replica']} to " in reason
+        assert f"from {target} to " in reason
         # s0 had 8 frames stepped at the kill: a snapshot (every 5); a stream behind it may not
         assert ("snapshot of frame 4" in reason if s == "t.s0" else
                 "snapshot of frame" in reason or "fresh state (no snapshot yet)" in reason)
@@ -287,12 +313,6 @@ def _same(got: list, expected: list) -> None:
     assert [m.body.frame_seq for m in got] == [e[0] for e in expected[:len(got)]]
     for m, e in zip(got, expected):
         np.testing.assert_allclose(m.body.probs, e[1], atol=TOL, rtol=0)
-
-
-def _engine_dir() -> Path:
-    import os
-
-    return Path(os.environ["STREAMAV_ENGINE_DIR"])
 
 
 def test_serve_without_ray_says_how_to_install_it(tmp_path):

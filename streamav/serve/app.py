@@ -78,6 +78,8 @@ def run_serve(options: ServeOptions, on_ready=None) -> dict:
         if started_ray:
             ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
+            for s in previous:  # ray.init put its own (fatal) SIGTERM handler in place
+                signal.signal(s, on_signal)
         settings = ModelSettings(
             folder=str(options.model_folder), backend=options.backend, device=options.device,
             capacity=options.capacity, snapshot_every=options.snapshot_every,
@@ -108,8 +110,9 @@ def run_serve(options: ServeOptions, on_ready=None) -> dict:
     finally:
         if started_ray:
             try:
-                serve.shutdown()
+                if options.address is None:  # our own Ray: Serve goes with it
+                    serve.shutdown()
             finally:
-                ray.shutdown()
+                ray.shutdown()  # a cluster joined is left running, without our application
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -363,7 +363,8 @@ class Ingress:
             if snapshot is not None:
                 route.stepped = snapshot.frames
         else:
-            self._status(route.stream, "served", f"stream {route.stream} on {reply.replica}")
+            self._status(route.stream, "served",
+                         f"stream {route.stream} on {reply.replica} (node {reply.node})")
         route.moving = None
         route.joined = True
         route.replica = reply.replica
