@@ -143,6 +143,11 @@ def live(
         None, help="Run the front end here and the model on `streamav serve` at this endpoint "
                    "(e.g. tcp://127.0.0.1:5560); the results come out on serve's PUB socket "
                    "(docs/scaling.md). (default: the model runs here)"),
+    remote_server_key: Optional[Path] = typer.Option(
+        None, help="--remote over CURVE: the server's public key file (`streamav keys`)."),
+    remote_client_key: Optional[Path] = typer.Option(
+        None, help="--remote over CURVE: this client's secret key file (its public key on "
+                   "the server's allow-list)."),
     control: Optional[str] = typer.Option(
         None, help="REQ/REP control endpoint; 'none' disables it. "
                    "(default: tcp://127.0.0.1:5556)"),
@@ -229,8 +234,11 @@ def live(
     from streamav.stop_signals import stop_on_signals
 
     if remote is not None:
-        _live_remote(config, overrides, videos, cameras, streams, remote)
+        _live_remote(config, overrides, videos, cameras, streams, remote, remote_server_key,
+                     remote_client_key)
         return
+    if remote_server_key is not None or remote_client_key is not None:
+        raise InputError("--remote-server-key and --remote-client-key go with --remote")
     if several:
         _live_streams(config, overrides, videos, cameras, streams)
         return
@@ -308,7 +316,8 @@ def latency_note(final: dict) -> str:
 
 
 def _live_remote(config: Optional[Path], overrides: dict, videos: list[str],
-                 cameras: list[str], streams: Optional[Path], remote: str) -> None:
+                 cameras: list[str], streams: Optional[Path], remote: str,
+                 server_key: Optional[Path] = None, client_key: Optional[Path] = None) -> None:
     """`streamav live --remote`: the capture client of `streamav serve` (streamav.serve.client),
     one line per stream at the end."""
     from streamav.stop_signals import stop_on_signals
@@ -321,7 +330,7 @@ def _live_remote(config: Optional[Path], overrides: dict, videos: list[str],
         inputs = stream_inputs(videos, cameras or ([] if videos or streams else ["0"]), streams)
         config_ = load_config(config, {**overrides, "source.video": inputs[0].video,
                                        "source.camera": inputs[0].camera})
-        result = run_remote(config_, inputs, remote, signals)
+        result = run_remote(config_, inputs, remote, signals, server_key, client_key)
     for stream_id, final in result["streams"].items():
         if final is not None:
             line = final_line(final, result["stop_reasons"][stream_id], None)

@@ -371,3 +371,53 @@ def test_bench_serve_checks_its_options_before_starting_ray():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "streamav: error: --streams must be at least 1, got 0")
+
+
+def test_ingress_over_curve_forwards_allowed_clients_only(tmp_path):
+    """The ingress's ROUTER with CURVE keys: a client on the allow-list gets its messages onto
+    the PUB edge (CURVE too), one that is not is refused in the handshake. No model is needed
+    for forwarded messages: no Ray here."""
+    from streamav.clock import now_ns, wall_anchor
+    from streamav.serve.client import RemoteLink
+    from streamav.serve.frames import encode_forward
+    from streamav.serve.ingress import Ingress, IngressSettings
+    from streamav.wire.keys import make_keys
+    from streamav.wire.messages import Anchor, Status, encode_body
+    from streamav.wire.subscriber import Subscriber
+
+    keys = tmp_path / "keys"
+    make_keys(keys, ["good", "listener"])
+    make_keys(tmp_path / "other", ["bad"])
+    listen = f"tcp://127.0.0.1:{free_tcp_port()}"
+    edge = f"tcp://127.0.0.1:{free_tcp_port()}"
+    ingress = Ingress(None, IngressSettings(listen=listen, publish=edge,
+                                            curve_secret_key_file=keys / "server.key_secret"))
+    ingress.start()
+    links = []
+    try:
+        with Subscriber(edge, ("status",), curve_server_public_key_file=keys / "server.key",
+                        curve_client_secret_key_file=keys / "listener.key_secret") as sub:
+            time.sleep(0.5)
+            for name, secret in (("bad", tmp_path / "other" / "bad.key_secret"),
+                                 ("good", keys / "good.key_secret")):
+                link = RemoteLink(listen, wait=False, server_key=keys / "server.key",
+                                  client_key=secret)
+                link.start()
+                links.append(link)
+                status = Status(state="started", reason=name, anchor=Anchor(**wall_anchor()))
+                link.send(encode_forward(name, "status", now_ns(), encode_body(status), []))
+            got = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not got:
+                message = sub.recv(timeout_s=0.2)
+                if message is not None:
+                    got.append(message)
+            time.sleep(0.5)
+            while (message := sub.recv(timeout_s=0.1)) is not None:
+                got.append(message)
+    finally:
+        for link in links:
+            link.close()
+        ingress.stop()
+    assert [(m.stream, m.body.reason) for m in got] == [("good", "good")]
+    assert ingress.messages_forwarded == 1

@@ -11,6 +11,10 @@ A `status` of state `reset` (a new person: the face lost for long, a source back
 by a `reset` command for the stream's model state, `stopping` by `leave` (its slot is freed).
 A stream the replicas have no room for is refused by the ingress: the client stops it.
 
+Over the network the link is CURVE (`--remote-server-key`: the server's public key;
+`--remote-client-key`: this client's secret key, its public key on the server's allow-list);
+the ingress refuses a non-loopback endpoint without keys.
+
 Stream ids: `--stream-id ID` names a single stream ID, several ID.s0, ID.s1, ...; without it a
 prefix unique to the run (host-pid-random) is used, so that two clients never share an id.
 Real time, a frame the socket cannot take at once is dropped (counted); `--no-realtime` waits,
@@ -145,7 +149,8 @@ def remote_inputs(streams: list[StreamInput], stream_id: str | None) -> list[Str
 
 
 def run_remote(config: LiveConfig, streams: list[StreamInput], endpoint: str,
-               signals=None) -> dict:
+               signals=None, server_key: Path | None = None,
+               client_key: Path | None = None) -> dict:
     """`streamav live --remote`: every stream's front end here, its model on `streamav serve`.
     The result is run_multi's: {"streams": {id: final stats}, "stop_reasons", "refused",
     "errors", "engine", "slots"}."""
@@ -156,7 +161,7 @@ def run_remote(config: LiveConfig, streams: list[StreamInput], endpoint: str,
                                                             len(streams))))
     streams = remote_inputs(streams, config.publish.stream_id)
     keep_all = not config.run.realtime
-    link = RemoteLink(endpoint, wait=keep_all)
+    link = RemoteLink(endpoint, wait=keep_all, server_key=server_key, client_key=client_key)
     refused: list[str] = []
     run: MultiRun | None = None
 

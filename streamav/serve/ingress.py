@@ -51,11 +51,12 @@ import zmq
 import zmq.asyncio
 
 from streamav.clock import now_ns, wall_anchor
-from streamav.errors import EndpointError, InputError
+from streamav.errors import InputError
 from streamav.serve.frames import (KIND_CTL, KIND_FRAME, KIND_MSG, FrameInputs, decode_command,
                                    decode_forward, decode_frame, encode_refusal)
 from streamav.serve.replica import StepReply, StepRequest, StreamSnapshot
 from streamav.wire import protocol
+from streamav.wire.auth import resolve_allow_list, start_authenticator
 from streamav.wire.messages import (TOPIC_EMOTION, TOPIC_LATENT, TOPIC_VIDEO_DENOISED, Anchor,
                                     DecodeError, Status, decode_body, decode_map)
 from streamav.wire.publisher import DEFAULT_PUB_ENDPOINT, Publisher
@@ -174,16 +175,20 @@ class Ingress:
         """Receive until stop(); the PUB edge must be started."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        context = zmq.asyncio.Context()
+        settings = self.settings
+        # with CURVE keys, clients not on the allow-list are refused in the handshake (ZAP)
+        allow_list = resolve_allow_list(settings.curve_secret_key_file,
+                                        settings.curve_client_keys)
+        sync_context = zmq.Context()
+        authenticator = (None if allow_list is None
+                         else start_authenticator(sync_context, allow_list))
+        context = zmq.asyncio.Context.shadow(sync_context.underlying)
         sock = context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 10_000)
         try:
-            protocol.secure_server(sock, self.settings.listen, self.settings.curve_secret_key_file)
-            try:
-                sock.bind(self.settings.listen)
-            except zmq.ZMQError as exc:
-                raise EndpointError(f"cannot bind {self.settings.listen}: {exc}") from None
+            protocol.secure_server(sock, settings.listen, settings.curve_secret_key_file)
+            protocol.bind(sock, settings.listen)
             self._sock = sock
             self._ready.set()
             next_idle_check = time.monotonic() + 1.0
@@ -206,7 +211,9 @@ class Ingress:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             sock.close(0)
-            context.term()
+            if authenticator is not None:
+                authenticator.stop()
+            sync_context.term()
 
     # -- what clients send ------------------------------------------------------------------
 
@@ -326,10 +333,10 @@ class Ingress:
                 if route.moving is None and route.stepped == 0 and not route.joined:
                     self._refuse(route, reply.reason)
                     return
-                if item.kind == "frame":  # a moved stream: no room yet, try again
-                    self._lose(route, 1)
+                # a moved stream: no room yet; the same frame again in a while (meanwhile a
+                # real-time queue drops its oldest frames, counted as lost)
                 await asyncio.sleep(self.settings.retry_s)
-                return
+                continue
             if reply.joined:
                 self._joined(route, reply)
             if reply.outcome == "ok":
