@@ -206,3 +206,36 @@ def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
         synthesize_corpus(tmp_path / "full", speakers=1, sentences=1, emotions=["neutral"],
                           intensities=[1], workers=1)
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+
+
+def test_speakers_differ_in_expressiveness_and_asymmetry() -> None:
+    from streamav.corpus.synth.expressions import clip_expression
+    from streamav.corpus.synth.identities import plan_speakers
+    from streamav.corpus.synth.rig import ACTION_INDEX
+
+    plans = plan_speakers(40, 0, [])
+    gains = np.array([p.expressiveness for p in plans])
+    sides = np.array([p.asymmetry for p in plans])
+    assert gains.min() < 0.6 and gains.max() > 1.1  # several-fold between people
+    assert np.all((gains >= 0.45) & (gains <= 1.25))
+    assert np.all(np.abs(sides) <= 0.3) and sides.min() < -0.1 and sides.max() > 0.1
+    smile = clip_expression("happy", 3, 1.0, asymmetry=0.3).weights
+    right, left = smile[ACTION_INDEX["smile_r"]], smile[ACTION_INDEX["smile_l"]]
+    assert right == pytest.approx(left * 1.3 / 0.7)
+    frown = clip_expression("sad", 3, 0.5).weights
+    assert frown[ACTION_INDEX["frown"]] == pytest.approx(0.5 * clip_expression("sad", 3).weights[
+        ACTION_INDEX["frown"]])
+
+
+def test_grid_training_speakers_are_photo_identities_and_held_out_ones_are_not() -> None:
+    from streamav.corpus.synth import photo
+
+    names = [s.name for s in photo.PHOTO_SOURCES]
+    for held_out in ("lbax4n", "lwbsza", "swiz3n"):  # the real-face denoising check's speakers
+        assert f"grid_{held_out}" not in names
+    if not (photo.shared_data_dir() / "grid" / "bbaf2n.mpg").exists():
+        pytest.skip("../shared/data/grid is not here")
+    image = photo.load_photo("grid_bbaf2n")
+    assert image is not None and image.shape == (288, 360, 3) and image.dtype == np.uint8
+    assert {s.name for s in photo.available_sources()} >= {f"grid_{c}" for c, _ in
+                                                           photo.GRID_IDENTITIES}

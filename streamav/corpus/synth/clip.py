@@ -67,7 +67,7 @@ class ClipPlan:
 def action_track(plan: SpeakerPlan, spec: ClipSpec, n_frames: int, lips_open: np.ndarray,
                  lips_round: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-frame action weights (T, A) and the motion traces they come from."""
-    expr = clip_expression(spec.emotion, spec.intensity, plan.expressiveness)
+    expr = clip_expression(spec.emotion, spec.intensity, plan.expressiveness, plan.asymmetry)
     motion = motion_traces(rng, n_frames, plan.motion, expr.head_deg, expr.gaze,
                            expr.blink_rate_factor)
     swell = 1.0 + 0.08 * smooth_noise(rng, n_frames, 0.25)  # the expression breathes a little

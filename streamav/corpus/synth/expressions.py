@@ -80,14 +80,17 @@ class ClipExpression:
     blink_rate_factor: float
 
 
-def clip_expression(emotion: str, intensity: int, expressiveness: float = 1.0
-                    ) -> ClipExpression:
-    """The expression of `emotion` at `intensity`; `expressiveness` is the speaker's own gain."""
+def clip_expression(emotion: str, intensity: int, expressiveness: float = 1.0,
+                    asymmetry: float = 0.0) -> ClipExpression:
+    """The expression of `emotion` at `intensity`; `expressiveness` is the speaker's own gain,
+    `asymmetry` makes one-sided actions stronger on the subject's right (> 0) or left (< 0)."""
     check_emotion(emotion, intensity)
     look = EMOTION_LOOKS[emotion]
     scale = INTENSITY_SCALE[intensity] * expressiveness
+    sides = dict(smile_r=1.0 + asymmetry, smile_l=1.0 - asymmetry)
+    actions = {name: value * sides.get(name, 1.0) for name, value in look.actions.items()}
     return ClipExpression(
-        weights=action_weights(**look.actions) * scale,
+        weights=action_weights(**actions) * scale,
         mouth_base=look.mouth_base * scale,
         articulation=1.0 + (look.articulation - 1.0) * scale,
         head_deg=np.array(look.head_deg) * scale,

@@ -21,7 +21,7 @@ INTENSITY_SCALE: dict[int, float] = {1: 0.45, 2: 0.72, 3: 1.0}
 
 FPS = 30
 SAMPLE_RATE_HZ = 16_000
-GENERATOR_VERSION = "synth-1"
+GENERATOR_VERSION = "synth-2"  # synth-2 (session 7): GRID identities, wider expressiveness, asymmetry
 
 
 def speaker_id(index: int) -> str:

@@ -48,7 +48,7 @@ class SpeakerPlan:
     shape: dict[str, float]
     origin_px: tuple[float, float]
     eye_dist_px: float
-    expressiveness: float
+    expressiveness: float  # the speaker's gain on every emotion's action weights
     articulation: float
     mirror: bool = False
     skin_shift_lab: tuple[float, float, float] | None = None  # photo restyling (None: as is)
@@ -56,6 +56,9 @@ class SpeakerPlan:
     clothes_hue_shift_deg: float = 0.0
     look: drawn.DrawnLook | None = None  # drawn faces
     seed: int = 0  # this speaker's own seed (background, painting details)
+    # one-sided actions (the smile) stronger on the subject's right (> 0) or left (< 0) by this
+    # fraction: real expressions are seldom symmetric, and a classifier must not need them to be
+    asymmetry: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,9 +111,12 @@ def plan_speakers(n_speakers: int, seed: int, photo_sources: list[photo.PhotoSou
                                roll_sd_deg=float(rng.uniform(1.0, 2.5)),
                                blinks_per_min=float(rng.uniform(10.0, 24.0)),
                                gaze_sd=float(rng.uniform(0.2, 0.4))),
-            expressiveness=float(rng.uniform(0.85, 1.15)),
+            # people differ several-fold in how much they show (0.45..1.25, log-uniform: a
+            # subtle speaker is as likely as a broad one); until session 7 0.85..1.15
+            expressiveness=float(np.exp(rng.uniform(np.log(0.45), np.log(1.25)))),
             articulation=float(rng.uniform(0.85, 1.2)),
             seed=derive_seed(seed, "speaker-seed", index),
+            asymmetry=float(rng_for(seed, "speaker-asymmetry", index).uniform(-0.3, 0.3)),
         )
         if use_photo:
             source = photo_sources[photo_uses % len(photo_sources)]

@@ -6,7 +6,11 @@ Sources (each used only if present):
 - `astronaut`: scikit-image's astronaut image (Eileen Collins, NASA, public domain), if
   scikit-image is installed;
 - `obama`: a frame of ../shared/data/talking-head/uncrop_Obama.mp4 (public domain), read at run
-  time from the shared data folder (set STREAMAV_SHARED_DATA to move it); never copied.
+  time from the shared data folder (set STREAMAV_SHARED_DATA to move it); never copied;
+- `grid_<clip>`: a frame of each GRID clip in ../shared/data/grid whose speaker is a training
+  speaker (the three held out for the real-face denoising check are never used; one clip per
+  speaker), CC BY 4.0, read at run time the same way (session 7: more real identities than the
+  three above, issue #9 item 3 / #10 item 2).
 
 A photo is turned into a portrait: mirrored or not, rotated and scaled so that the eyes land on
 the layout's eye line, cut out from its background (chroma key on a green screen, else
@@ -31,6 +35,13 @@ from streamav.frontend.face import LEFT_EYE_CONTOUR_IDX, RIGHT_EYE_CONTOUR_IDX, 
 from streamav.frontend.face import warp_to_crop
 
 OBAMA_FRAME_INDEX = 393  # a frame with the mouth closed and the head frontal
+GRID_FRAME_INDEX = 3  # the clips open on silence: mouth closed, head frontal
+# GRID clips used as identities (one per training speaker; pwij3p is id2_vcd_swwp2s's speaker;
+# lbax4n, lwbsza and swiz3n are held out for the real-face denoising check) and their genders
+GRID_IDENTITIES: tuple[tuple[str, str], ...] = (
+    ("bbaf2n", "male"), ("brbk7n", "female"), ("id2_vcd_swwp2s", "male"), ("lbbc2a", "female"),
+    ("lrwp9a", "female"), ("sbia1a", "male"), ("sbwe5n", "male"))
+GRID_LICENCE = "GRID corpus, CC BY 4.0 (Cooke et al. 2006), read from ../shared at run time"
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ PHOTO_SOURCES: tuple[PhotoSource, ...] = (
     PhotoSource("astronaut", "female", "scikit-image astronaut (NASA, public domain)"),
     PhotoSource("obama", "male", "uncrop_Obama.mp4 (US government work, public domain), "
                                  "read from ../shared at run time"),
+    *(PhotoSource(f"grid_{clip}", gender, GRID_LICENCE) for clip, gender in GRID_IDENTITIES),
 )
 
 
@@ -55,15 +67,15 @@ def shared_data_dir() -> Path:
     return Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
-def _load_obama() -> np.ndarray | None:
-    path = shared_data_dir() / "talking-head" / "uncrop_Obama.mp4"
+def _video_frame(path: Path, frame_index: int) -> np.ndarray | None:
+    """Frame `frame_index` of a video file as (H, W, 3) uint8 RGB, or None without the file."""
     if not path.exists():
         return None
     import av
 
     with av.open(str(path)) as container:
         for index, frame in enumerate(container.decode(video=0)):
-            if index == OBAMA_FRAME_INDEX:
+            if index == frame_index:
                 return frame.to_ndarray(format="rgb24")
     return None
 
@@ -82,7 +94,10 @@ def load_photo(name: str) -> np.ndarray | None:
             return None
         return np.ascontiguousarray(skdata.astronaut())
     if name == "obama":
-        return _load_obama()
+        return _video_frame(shared_data_dir() / "talking-head" / "uncrop_Obama.mp4",
+                            OBAMA_FRAME_INDEX)
+    if name.startswith("grid_") and name[5:] in dict(GRID_IDENTITIES):
+        return _video_frame(shared_data_dir() / "grid" / f"{name[5:]}.mpg", GRID_FRAME_INDEX)
     raise InputError(f"unknown photo source {name!r}")
 
 
