@@ -295,9 +295,10 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone, t
         assert len(moves) == 1, [b.reason for b in status[s]]
         reason = moves[0].reason
         assert f"from {target} to " in reason
-        # s0 had 8 frames stepped at the kill: a snapshot (every 5); a stream behind it may not
-        assert ("snapshot of frame 4" in reason if s == "t.s0" else
-                "snapshot of frame" in reason or "fresh state (no snapshot yet)" in reason)
+        # s0 had 8 frames or more stepped at the kill: a snapshot (every 5); a stream behind
+        # it may have had none yet
+        assert ("snapshot of frame" in reason if s == "t.s0" else
+                "snapshot of frame" in reason or "fresh state (no snapshot yet)" in reason), reason
         lost = int(re.search(r"(\d+) frames lost", reason).group(1))
         assert gaps == lost == summary["streams"][s]["lost"]
         lost_total += lost

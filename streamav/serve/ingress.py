@@ -339,6 +339,9 @@ class Ingress:
                 continue
             if reply.joined:
                 self._joined(route, reply)
+            elif route.moving is not None:  # its replica was only unreachable for a while
+                log.warning("stream %s: %s held it still; it stays", route.stream, reply.replica)
+                route.moving, route.joined, route.replica = None, True, reply.replica
             if reply.outcome == "ok":
                 self._publish(route, reply, item.frame)
             return

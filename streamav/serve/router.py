@@ -15,7 +15,8 @@ assignment table on top of the ring:
   it), so frames of one stream are never stepped on two replicas;
 - when the replica dies (Serve reports it, or the controller's replica list drops it) its
   streams are unassigned, and each is assigned again, by the same rule, at its next request.
-  The ingress (streamav.serve.ingress) sends that request with the stream's last snapshot.
+  The ingress (streamav.serve.ingress) sends that request with the stream's last snapshot;
+- a stream's `leave` request (its end) goes to its replica and unassigns it.
 
 New replicas thus only take new streams and moved ones. The table lives in the router of the
 process that holds the handle: the ingress, of which there is one per application.
@@ -76,6 +77,14 @@ class StreamStickyRouter(ConsistentHashRouter):
                                             rid.unique_id))
         self._assigned[stream] = chosen
         return chosen
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
+                          result) -> None:
+        stream = pending_request.metadata.session_id
+        args = pending_request.args
+        if stream and args and getattr(args[0], "kind", None) == "leave":
+            if self._assigned.get(stream) == replica_id:
+                del self._assigned[stream]  # the stream has ended: its share of the load too
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: Optional[PendingRequest] = None
