@@ -72,7 +72,9 @@ _POLL_MS = 100
 class IngressSettings:
     listen: str = DEFAULT_LISTEN  # ROUTER: the capture clients connect here
     publish: str = DEFAULT_PUB_ENDPOINT  # the PUB edge: subscribers connect here
-    queue_frames: int = 8  # real time: frames a stream's queue holds before the oldest is lost
+    # real time: frames a stream's queue holds before the oldest is lost (3: at most ~100 ms of
+    # waiting added at 30 fps; the client already sends the newest frame it has)
+    queue_frames: int = 3
     retry_s: float = 0.25  # a moved stream that found no room tries again after this
     # a stream whose client sent nothing (no frame, no forwarded message) for this long leaves:
     # its slot is freed (a client that died without its `leave`)
