@@ -366,12 +366,18 @@ def test_triton_export_repository_carries_the_step_and_its_state(tmp_path):
         np.testing.assert_array_equal(outputs["emotion_probs"], expected["emotion_probs"])
 
 
-def test_bench_serve_checks_its_options_before_starting_ray():
-    result = subprocess.run([*streamav_command(), "bench", "--serve", "--streams", "0"],
-                            capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("args, line", [
+    (["bench", "--serve", "--streams", "0"], "--streams must be at least 1, got 0"),
+    (["serve", "--replicas", "0"],
+     "--replicas, --max-streams and --snapshot-every must be at least 1"),
+    (["live", "--video", "x.mp4", "--remote-client-key", "k"],
+     "--remote-server-key and --remote-client-key go with --remote"),
+])
+def test_serve_options_are_checked_before_ray_starts(args, line):
+    result = subprocess.run([*streamav_command(), *args], capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "streamav: error: --streams must be at least 1, got 0")
+    assert result.stderr.strip().splitlines()[-1] == f"streamav: error: {line}"
 
 
 def test_ingress_over_curve_forwards_allowed_clients_only(tmp_path):
