@@ -292,7 +292,14 @@ class Ingress:
             if item.kind == "leave":
                 await self._leave(route)
                 return
-            await self._send(route, item)
+            try:
+                await self._send(route, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one frame's failure must not stop its stream
+                log.exception("stream %s: a %s could not be handled", route.stream, item.kind)
+                if item.kind == "frame":
+                    self._lose(route, 1)
 
     async def _leave(self, route: _Route) -> None:
         route.closed = True
