@@ -115,12 +115,14 @@ class SlotRunner:
     def join(self) -> "SlotHandle":
         """Take a free slot, in its fresh state; AdmissionRefused when all are taken."""
         with self._cond:
+            # wait for a running tick first: the wait releases the lock, and a join meanwhile
+            # could take the slot chosen before it
+            self._wait_idle()
             free = [i for i in range(self.capacity) if i not in self._members]
             if not free:
                 raise AdmissionRefused(
                     f"all {self.capacity} stream slots are taken (the run's max_streams)")
             slot = free[0]
-            self._wait_idle()
             self._reset_rows([slot])
             self._members.add(slot)
             self.nonfinite_per_slot[slot] = 0

@@ -170,3 +170,47 @@ def test_stream_lists(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+class _GatedEngine:
+    """A BatchEngine whose step waits for `gate` (a tick held running while streams join)."""
+
+    label = "gated"
+    labels = ("y",)
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def initial_state(self):
+        return (np.zeros((self.batch, 2), np.float32),)
+
+    def run(self, spectrum, face, state):
+        self.entered.set()
+        assert self.gate.wait(10)
+        return {"y": spectrum[:, :1].copy()}, (state[0] + 1,)
+
+
+def test_joins_during_a_running_tick_take_distinct_slots():
+    """Two streams joining while a tick runs (the join waits for it, releasing the lock) must
+    not both take the same free slot."""
+    from streamav.stream_slots import SlotRunner
+
+    engine = _GatedEngine(3)
+    runner = SlotRunner(engine, capacity=3, gather_s=0.0)
+    first = runner.join()
+    stepper = threading.Thread(target=first.step, args=(
+        np.zeros((1, 513), np.float32), np.zeros((1, 3, 64, 64), np.float32)))
+    stepper.start()
+    assert engine.entered.wait(10)
+    handles = []
+    joiners = [threading.Thread(target=lambda: handles.append(runner.join())) for _ in range(2)]
+    for t in joiners:
+        t.start()
+    time.sleep(0.2)  # both joins wait for the tick
+    engine.gate.set()
+    for t in (stepper, *joiners):
+        t.join(10)
+    assert sorted(h.slot for h in handles) == [1, 2]
+    assert runner.streams == 3
