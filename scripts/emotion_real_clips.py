@@ -12,7 +12,7 @@
 Profiles go to a temporary $XDG_DATA_HOME, so the user's own are untouched. Prints one JSON
 document; ~4 minutes on the 2-core machine. tests/test_calibrate_cli.py runs these functions.
 
-    python scripts/emotion_real_clips.py [--shared ../shared/data] [--json out.json]
+    python scripts/emotion_real_clips.py [--shared ../shared/data] [--json out.json] [--model DIR]
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ LABEL_OF = {"ANG": "angry", "DIS": "disgusted", "FEA": "fear", "HAP": "happy",
             "NEU": "neutral", "SAD": "sad"}
 
 
+MODEL_ARGS: list[str] = []  # ["--model", folder] for live and calibrate (default: shipped)
+
+
 def cli(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    if args and args[0] in ("live", "calibrate"):
+        args = (args[0], *MODEL_ARGS, *args[1:])
     return subprocess.run([*streamav_command(), *args], capture_output=True, text=True, env=env,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -132,7 +137,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model folder for live and calibrate (default: the shipped one)")
     args = parser.parse_args()
+    if args.model is not None:
+        MODEL_ARGS[:] = ["--model", str(args.model.resolve())]
     crema = sorted((args.shared / "crema-d").glob("*.flv"))
     grid = sorted((args.shared / "grid").glob("*.mpg"))
     work = Path(tempfile.mkdtemp(prefix="streamav-emotion-"))

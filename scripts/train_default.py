@@ -62,6 +62,11 @@ MDVAE_GATE_THRESHOLD = 0.25
 # ... and the part of the crop where the MDVAE face may be used at all (RefineConfig.mdvae_region:
 # an ellipse over the eyes and the mouth, from the template's geometry, not searched).
 MDVAE_REGION = (0.49, 0.52, 0.375, 0.344)
+# ... and, where the MDVAE face keeps its gate, its share against the VQ-VAE's face of the input
+# (RefineConfig.mdvae_face_weight). 0.5 won on the validation speakers and GRID training clips but
+# lost on fresh synthetic speakers (AV under V-only in the mouth box): 1.0, the MDVAE face alone
+# (docs/model.md, "v2.4 candidate").
+MDVAE_FACE_WEIGHT = 1.0
 
 
 def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_THRESHOLD) -> None:
@@ -77,14 +82,15 @@ def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_TH
     refine = dataclasses.replace(trained.cfg.refine, motion_filter=on,
                                  motion_share=share if on else trained.cfg.refine.motion_share,
                                  mdvae_gate_threshold=threshold if on else 0.0,
-                                 mdvae_region=MDVAE_REGION if on else ())
+                                 mdvae_region=MDVAE_REGION if on else (),
+                                 mdvae_face_weight=MDVAE_FACE_WEIGHT if on else 1.0)
     if refine == trained.cfg.refine:
         return
     shared = StreamingModel(dataclasses.replace(trained.cfg, refine=refine))
     shared.load_state_dict(trained.state_dict())
     save_model(shared, model, extra=json.loads((model / "config.json").read_text()).get("extra", {}))
-    print(f"+ motion_share {share}, mdvae_gate_threshold {refine.mdvae_gate_threshold} in "
-          f"{model}", flush=True)
+    print(f"+ motion_share {share}, mdvae_gate_threshold {refine.mdvae_gate_threshold}, "
+          f"mdvae_face_weight {refine.mdvae_face_weight} in {model}", flush=True)
 
 
 def run(*args: str) -> None:

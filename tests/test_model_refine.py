@@ -162,3 +162,20 @@ def test_the_mdvae_face_is_used_only_inside_its_region():
     outside = mask == 0
     expected = 0.2 * (1 - g) * others + (0.8 * (1 - g) + g) * filtered
     assert torch.allclose(masked[..., outside], expected[..., outside], atol=1e-6)
+
+
+def test_the_kept_gate_blends_the_mdvae_and_vq_faces_by_mdvae_face_weight():
+    """mdvae_face_weight w: where the MDVAE face keeps its gate the blend takes w of it and 1 - w
+    of the VQ-VAE's face; w = 1 (the default) is the MDVAE face alone, as before."""
+    with pytest.raises(ValueError, match="mdvae_face_weight"):
+        RefineConfig(motion_filter=True, mdvae_face_weight=1.5).validate()
+    alone = Refiner(RefineConfig(motion_filter=True, motion_share=0.8), FPS)
+    half = Refiner(RefineConfig(motion_filter=True, motion_share=0.8, mdvae_face_weight=0.5), FPS)
+    state = alone.advance(_face(0), alone.initial_state(1))
+    others, mdvae_face, vq_face, g = _face(4), _face(5), _face(6), 0.9
+    gate = torch.full((1, 1, 64, 64), g)
+    a = alone._share_with_filter((1 - g) * others, gate, mdvae_face, state.face_means, vq_face)
+    b = half._share_with_filter((1 - g) * others, gate, mdvae_face, state.face_means, vq_face)
+    assert torch.allclose(a, alone._share_with_filter((1 - g) * others, gate, mdvae_face,
+                                                      state.face_means), atol=0)
+    assert torch.allclose(b - a, g * 0.5 * (vq_face - mdvae_face), atol=1e-6)

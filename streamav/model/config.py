@@ -203,6 +203,11 @@ class RefineConfig:
     # and background are a training identity's in the MDVAE face, never the new person's (a
     # real speaker's grey hair drew its gate to 1). (): everywhere
     mdvae_region: tuple[float, ...] = ()
+    # With the filter: where the MDVAE face keeps its gate, the blend takes this share of the
+    # MDVAE face and the rest of the VQ-VAE's face of the input. Inside an occluded box on new
+    # faces the VQ-VAE's inpainting beat the MDVAE face (which paints a training identity's
+    # lips and eyes); half of each beats both (docs/model.md). 1: the MDVAE face alone
+    mdvae_face_weight: float = 1.0
 
     def validate(self) -> None:
         _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),
@@ -216,6 +221,8 @@ class RefineConfig:
         _check(0.0 < self.motion_share <= 1.0, "refine motion_share must be in (0, 1]")
         _check(0.0 <= self.mdvae_gate_threshold <= 0.5,
                "refine mdvae_gate_threshold must be in 0..0.5")
+        _check(0.0 <= self.mdvae_face_weight <= 1.0,
+               "refine mdvae_face_weight must be in 0..1")
         _check(len(self.mdvae_region) in (0, 4) and all(v > 0 for v in self.mdvae_region),
                "refine mdvae_region must be () or (centre x, centre y, radius x, radius y) > 0")
         _check(not self.motion_filter or len(self.time_constants_s) >= 2,
@@ -284,7 +291,8 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 _OPTIONAL_KEYS: dict[type, set[str]] = {
     RefineConfig: {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
-                     "motion_blur_px", "motion_share", "mdvae_gate_threshold", "mdvae_region"},
+                     "motion_blur_px", "motion_share", "mdvae_gate_threshold", "mdvae_region",
+                     "mdvae_face_weight"},
 }
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
                               "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig,

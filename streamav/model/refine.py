@@ -163,25 +163,32 @@ class Refiner(nn.Module):
         others_blend = (gates[:, :-1, None] * others).sum(1)
         mdvae_gate = gates[:, -1:]  # (N, 1, H, W)
         if self.cfg.motion_filter:
-            blend = self._share_with_filter(others_blend, mdvae_gate, mdvae_face, means)
+            blend = self._share_with_filter(others_blend, mdvae_gate, mdvae_face, means,
+                                            vq_face)
         else:
             blend = others_blend + mdvae_gate * mdvae_face
         return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)
 
     def _share_with_filter(self, others_blend: Tensor, mdvae_gate: Tensor, mdvae_face: Tensor,
-                           means: Tensor) -> Tensor:
+                           means: Tensor, vq_face: Tensor | None = None) -> Tensor:
         """The learned blend of every candidate but the MDVAE face (its gates sum to
         1 - mdvae_gate) → the filter takes `motion_share` of it, and the MDVAE face keeps only a
         confident gate (`mdvae_gate_threshold`) inside `mdvae_region`; the rest goes to the
-        filter too."""
+        filter too. The kept gate goes to `mdvae_face_weight` x the MDVAE face + the rest x the
+        VQ-VAE's face (default 1: the MDVAE face alone; docs/model.md, "v2.4 candidate")."""
         share, threshold = self.cfg.motion_share, self.cfg.mdvae_gate_threshold
         keep = mdvae_gate if threshold == 0 else mdvae_gate * torch.clamp(
             (mdvae_gate - threshold) / threshold, 0.0, 1.0)  # (N, 1, H, W)
         if self.cfg.mdvae_region:
             keep = keep * self.mdvae_region
         to_filter = share * (1.0 - mdvae_gate) + (mdvae_gate - keep)
+        weight = self.cfg.mdvae_face_weight
+        decoded = mdvae_face
+        if weight != 1.0:
+            assert vq_face is not None, "mdvae_face_weight < 1 blends in the VQ-VAE's face"
+            decoded = weight * mdvae_face + (1.0 - weight) * vq_face
         return ((1.0 - share) * others_blend + to_filter * self.motion_filtered(means)
-                + keep * mdvae_face)
+                + keep * decoded)
 
     def forward(self, face: Tensor, state: RefineState, vq_face: Tensor, mdvae_face: Tensor
                 ) -> tuple[Tensor, RefineState]:
