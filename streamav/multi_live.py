@@ -151,18 +151,10 @@ class StreamPublisher:
     def publish(self, message: TopicMessage, t_capture_ns: int, buffers=()) -> bool:
         return self.publisher.publish(message, t_capture_ns, buffers, stream=self.stream_id)
 
-    @property
-    def on_sent(self):
-        """What the shared publisher calls when one of this stream's messages has left the
-        socket (the stream's own `publish` and `capture_to_publish` latencies)."""
-        return self.publisher.on_sent_by_stream.get(self.stream_id)
-
-    @on_sent.setter
-    def on_sent(self, callback) -> None:
-        if callback is None:
-            self.publisher.on_sent_by_stream.pop(self.stream_id, None)
-        else:
-            self.publisher.on_sent_by_stream[self.stream_id] = callback
+    def set_on_sent(self, callback) -> None:
+        """What the shared publisher calls when one of this stream's messages has been sent
+        (the stream's own `publish` and `capture_to_publish` latencies)."""
+        self.publisher.set_on_sent(callback, stream=self.stream_id)
 
     @property
     def dropped_queue_full(self) -> int:

@@ -104,6 +104,9 @@ class PublisherLike(Protocol):
     def start(self) -> None: ...
     def publish(self, message: TopicMessage, t_capture_ns: int, buffers=()) -> bool: ...
     def stop(self, timeout_s: float = 2.0) -> None: ...
+    def set_on_sent(self, callback: Callable[[str, int, int, int], None] | None) -> None:
+        """Call `callback(topic, t_capture_ns, t_enqueue_ns, t_sent_ns)` once each message of
+        this run (of this stream, for one stream's view of a shared publisher) has been sent."""
 
 
 class NullPublisher:
@@ -114,6 +117,9 @@ class NullPublisher:
 
     def publish(self, message: TopicMessage, t_capture_ns: int, buffers=()) -> bool:
         return True
+
+    def set_on_sent(self, callback) -> None:
+        """Nothing is sent."""
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Nothing to close."""
@@ -232,8 +238,7 @@ class LivePipeline:
             on_status=self._on_source_status,
             on_audio=self._on_audio,
         )
-        if hasattr(publisher, "on_sent"):
-            publisher.on_sent = self._on_sent
+        publisher.set_on_sent(self._on_sent)  # the run's (or its stream's) send latencies
 
     def _on_audio(self, index: int, samples: np.ndarray) -> None:
         if self.on_audio is not None:
@@ -502,8 +507,8 @@ class LivePipeline:
             self._worker_error = exc
             self.request_stop(f"worker failed: {exc}")
         finally:
-            if self._model_thread is not None:  # it finishes the frames handed to it first
-                self._hand_over(_END)
+            if self._model_thread is not None:  # it finishes the frame handed to it first
+                self._to_model.put(_END)  # no wait: behind at most the one item handed over
                 self._model_thread.join()
                 if self._model_error is not None and self._worker_error is None:
                     self._worker_error = self._model_error
@@ -515,15 +520,20 @@ class LivePipeline:
         return (self.config.run.pipelined and self.model is not None
                 and type(self)._process is LivePipeline._process)
 
-    def _hand_over(self, item) -> None:
+    def _hand_over(self, item) -> bool:
         """Worker thread: give the model thread its next item once it has finished the one
         before: the face of frame t+1 overlaps the step of frame t, and no frame waits in the
-        queue behind another (in real time it would only grow older there)."""
+        queue behind another (in real time it would only grow older there). A stop while the
+        model thread is busy (a slow or stuck step) ends the wait: the item is not handed over
+        (False)."""
         to_model = self._to_model
         with to_model.all_tasks_done:
             while to_model.unfinished_tasks:
+                if self._stop.is_set():
+                    return False
                 to_model.all_tasks_done.wait(_READ_TIMEOUT_S)
         to_model.put(item)
+        return True
 
     def _model_loop(self) -> None:
         """The model thread of a pipelined run: each frame's step, messages, stats and
@@ -583,7 +593,8 @@ class LivePipeline:
                 continue
             t_pickup = now_ns()
             if self._to_model is not None:  # pipelined: the step runs in the model thread
-                self._hand_over(self._front(frame, t_pickup))
+                if not self._hand_over(self._front(frame, t_pickup)):
+                    break  # stopped while the model thread was busy
                 self._frames_handed += 1
                 if run.max_frames is not None and self._frames_handed >= run.max_frames:
                     self.request_stop("max frames reached")

@@ -214,3 +214,40 @@ def test_joins_during_a_running_tick_take_distinct_slots():
         t.join(10)
     assert sorted(h.slot for h in handles) == [1, 2]
     assert runner.streams == 3
+
+
+def test_a_streams_send_latency_hook_is_installed_over_a_forwarding_publisher():
+    """`live --remote`: each stream's LivePipeline sees its messages' send latencies through
+    StreamPublisher over the client's ForwardingPublisher (a real DEALER to a ROUTER here)."""
+    import zmq
+
+    from streamav.clock import now_ns, wall_anchor
+    from streamav.multi_live import StreamPublisher
+    from streamav.pipeline import LivePipeline
+    from streamav.serve.client import ForwardingPublisher, RemoteLink
+    from streamav.sources.synthetic import SyntheticConfig, SyntheticSource
+    from streamav.wire.messages import Anchor, Status
+
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    shared = ForwardingPublisher(RemoteLink(endpoint, wait=False), "client")
+    config = load_config(None, {"source.video": "synthetic", "source.no_audio": True,
+                                "run.preview": False, "model.enabled": False,
+                                "publish.control_endpoint": "none"})
+    source = SyntheticSource(SyntheticConfig(duration_s=1.0, audio=False), realtime=False)
+    pipeline = LivePipeline(config, [source], None, StreamPublisher(shared, "client.s0"))
+    shared.start()
+    try:
+        status = Status(state="started", reason="test", anchor=Anchor(**wall_anchor()))
+        assert pipeline.publisher.publish(status, now_ns())
+        assert router.poll(5000)
+        assert pipeline.stats.latency.total["publish"].count == 1
+        StreamPublisher(shared, "client.s1").publish(status, now_ns())  # another stream's
+        assert pipeline.stats.latency.total["publish"].count == 1
+    finally:
+        shared.stop()
+        router.close()
+        context.term()

@@ -53,3 +53,30 @@ def test_pipelined_offline_outputs_equal_the_serial_worker():
 def test_pipelined_stops_after_max_frames_exactly():
     results, stats, _ = _run(True, **{"run.max_frames": 7})
     assert [r.frame.seq for r in results] == list(range(7)) and stats["frames"] == 7
+
+
+def test_a_stop_while_the_model_thread_is_busy_ends_the_hand_over():
+    """A slow or stuck step must not hold the worker past a stop: its wait to hand the model
+    thread the next frame ends with the stop (the frame is not handed over)."""
+    import queue
+
+    from streamav.pipeline import LivePipeline, NullPublisher
+    from streamav.sources.synthetic import SyntheticConfig, SyntheticSource
+
+    config = load_config(None, {"source.video": "synthetic", "source.no_audio": True,
+                                "run.preview": False, "model.enabled": False,
+                                "publish.control_endpoint": "none"})
+    pipeline = LivePipeline(config, [SyntheticSource(SyntheticConfig(duration_s=1.0,
+                                                                     audio=False))],
+                            None, NullPublisher())
+    pipeline._to_model = queue.Queue()
+    pipeline._to_model.put("the frame the model thread is stuck on")  # never task_done
+    handed = []
+    worker = threading.Thread(target=lambda: handed.append(pipeline._hand_over("next")))
+    worker.start()
+    worker.join(0.3)
+    assert worker.is_alive()  # waiting for the busy model thread
+    pipeline.request_stop("test")
+    worker.join(5)
+    assert not worker.is_alive() and handed == [False]
+    assert pipeline._to_model.qsize() == 1

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import zmq
 
+from streamav.clock import now_ns
 from streamav.config import LiveConfig
 from streamav.errors import EndpointError
 from streamav.frontend.face import mesh_in_crop
@@ -116,10 +117,19 @@ class ForwardingPublisher:
         self.link = link
         self.stream_id = stream_id
         self.dropped_queue_full = 0
+        # each stream's send-latency hook (LivePipeline's): called once a message has been
+        # handed to the socket, as Publisher calls its own
+        self._on_sent: dict[str | None, object] = {}
 
     @property
     def dropped_send(self) -> int:
         return self.link.dropped
+
+    def set_on_sent(self, callback, stream: str | None = None) -> None:
+        if callback is None:
+            self._on_sent.pop(stream, None)
+        else:
+            self._on_sent[stream] = callback
 
     def start(self) -> None:
         self.link.start()
@@ -132,8 +142,12 @@ class ForwardingPublisher:
         stream = stream or self.stream_id
         frames = tuple(protocol.buffer_to_bytes(b) for b in buffers)
         message.check_buffers(frames)
+        t_enqueue_ns = now_ns()
         sent = self.link.send(encode_forward(stream, message.TOPIC, t_capture_ns,
                                              encode_body(message), frames))
+        on_sent = self._on_sent.get(stream, self._on_sent.get(None))
+        if sent and on_sent is not None:
+            on_sent(message.TOPIC, t_capture_ns, t_enqueue_ns, now_ns())
         if isinstance(message, Status) and message.state in ("reset", "stopping"):
             self.link.send(encode_command(stream, "reset" if message.state == "reset"
                                           else "leave"))

@@ -150,6 +150,16 @@ class Publisher(ListenerCounters):
         self._subscriptions = SubscriptionLedger(max_subscriptions=max_subscriptions)
         self._listener: Listener | None = None
 
+    def set_on_sent(self, callback: Callable[[str, int, int, int], None] | None,
+                    stream: str | None = None) -> None:
+        """`on_sent` (stream None), or `on_sent_by_stream[stream]`; None removes it."""
+        if stream is None:
+            self.on_sent = callback
+        elif callback is None:
+            self.on_sent_by_stream.pop(stream, None)
+        else:
+            self.on_sent_by_stream[stream] = callback
+
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
