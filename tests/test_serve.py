@@ -428,3 +428,133 @@ def test_ingress_over_curve_forwards_allowed_clients_only(tmp_path):
         ingress.stop()
     assert [(m.stream, m.body.reason) for m in got] == [("good", "good")]
     assert ingress.messages_forwarded == 1
+
+
+class _Edge:
+    """The ingress's PUB edge, recorded (what the ingress publishes and skips)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[tuple[str, str]] = []
+        self.skipped = 0
+
+    def publish(self, message, t_capture_ns, buffers=(), stream=None) -> bool:
+        if getattr(message, "state", None) is not None:
+            self.statuses.append((stream, message.state))
+        return True
+
+    def skip(self, topic, stream, frames) -> None:
+        self.skipped += frames
+
+
+class _Replica:
+    """A deployment handle over one replica's bookkeeping, as ReplicaCore answers (held
+    streams, capacity, `done` for a leave of a stream it does not hold); `fail` makes a
+    stream's next request fail after the replica took it."""
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
+        self.held: set[str] = set()
+        self.requests: list = []
+        self.fail: set[str] = set()
+
+    def options(self, **_kwargs):
+        return self
+
+    async def remote(self, request):
+        from streamav.serve.replica import StepReply
+
+        self.requests.append(request)
+        reply = lambda outcome, **kw: StepReply(request.stream, outcome, replica="r", **kw)  # noqa: E731
+        if request.kind == "leave":
+            self.held.discard(request.stream)
+            return reply("done")
+        joined = request.stream not in self.held
+        if joined:
+            if not request.new and request.resume is None:
+                return reply("unknown")
+            if len(self.held) >= self.capacity:
+                return reply("refused", reason="no free slot")
+            self.held.add(request.stream)
+        if request.stream in self.fail:
+            self.fail.discard(request.stream)
+            raise ValueError("the batch failed")
+        return reply("done" if request.kind == "reset" else "nonfinite", joined=joined)
+
+
+def _ingress_with(replica):
+    from streamav.serve.ingress import Ingress, _Route
+
+    ingress = Ingress(replica, publisher=_Edge())
+
+    def route(stream):
+        r = _Route(stream, b"id")
+        r.handle = replica
+        ingress.routes[stream] = r
+        return r
+    return ingress, route
+
+
+def _frame(stream: str, seq: int):
+    from streamav.serve.ingress import _Item
+
+    return _Item("frame", FrameInputs(stream, seq, 0, np.zeros((64, 64, 3), np.uint8), None,
+                                      np.zeros((468, 2), np.float32)))
+
+
+def test_ingress_frees_the_slot_of_a_stream_whose_first_reply_was_lost():
+    """A stream's first request fails after its replica took it: the next reply makes it
+    joined (`served`), and its leave frees the slot; a refused stream is released too."""
+    import asyncio
+
+    from streamav.serve.ingress import _Item
+
+    replica = _Replica(capacity=1)
+    ingress, route = _ingress_with(replica)
+    a = route("a")
+    replica.fail.add("a")
+
+    async def run():
+        await ingress._send(a, _frame("a", 0))  # lost (the request failed)
+        await ingress._send(a, _frame("a", 1))
+        assert a.joined and ("a", "served") in ingress.publisher.statuses
+        b = route("b")
+        await ingress._send(b, _frame("b", 0))  # refused: no slot
+        assert b.refused and replica.requests[-1].kind == "leave"  # unassigned at the router
+        a.queue.append(_Item("leave"))
+        a.wake.set()
+        await ingress._drive(a)
+
+    asyncio.run(run())
+    assert replica.held == set() and a.lost == 1
+    assert "a" not in ingress.routes and ingress.summary()["streams"]["a"]["lost"] == 1
+
+
+def test_ingress_reset_drops_the_snapshot_and_a_moved_stream_sees_its_leave():
+    """After a reset a moved stream starts afresh (not from the last person's snapshot); a
+    moved stream that finds no room leaves its retries when its leave is queued."""
+    import asyncio
+
+    from streamav.serve.ingress import _Item
+    from streamav.serve.replica import StreamSnapshot
+
+    replica = _Replica(capacity=1)
+    ingress, route = _ingress_with(replica)
+    a = route("a")
+    a.snapshot = StreamSnapshot(3, 4, (), None, None)
+    a.moving, a.moved_from = "replica x failed", "x"
+    a.queue.extend([_Item("reset"), _Item("leave")])
+
+    async def run():
+        await asyncio.wait_for(ingress._drive(a), 5)
+        b = route("b")
+        b.moving = "replica x failed"
+        replica.held.add("other")  # no room anywhere
+        b.queue.extend([_frame("b", 1), _frame("b", 2), _Item("leave")])
+        await asyncio.wait_for(ingress._drive(b), 5)
+        return b
+
+    b = asyncio.run(run())
+    reset = next(r for r in replica.requests if r.kind == "reset")
+    assert reset.resume is None and reset.new
+    assert b.lost == 2 and replica.requests[-1].kind == "leave"
+    assert not ingress.routes and set(ingress.summary()["streams"]) == {"a", "b"}

@@ -103,6 +103,7 @@ class _Route:
     handle: object = None
     replica: str | None = None  # the replica serving it now
     joined: bool = False  # it holds a slot on `replica`
+    routed: bool = False  # a request of it has been sent (a replica may hold it)
     moving: str | None = None  # why it must move (its replica failed); None: it need not
     moved_from: str | None = None
     snapshot: StreamSnapshot | None = None
@@ -131,6 +132,9 @@ class Ingress:
             curve_client_keys=settings.curve_client_keys)
         self.on_reply = on_reply
         self.routes: dict[str, _Route] = {}
+        # the totals of the streams' ended routes ({stream: summary}; a stream id that comes
+        # back after its leave gets a new route, its totals added to these)
+        self.ended: dict[str, dict] = {}
         self.frames_in = 0
         self.messages_forwarded = 0
         self.bad_messages = 0
@@ -243,10 +247,9 @@ class Ingress:
         elif kind == KIND_CTL:
             command = decode_command(rest)
             route = self.routes.get(command.stream)
-            if route is not None and not route.refused:
+            if route is not None and not route.closed and (
+                    not route.refused or command.command == "leave"):
                 self._enqueue(route, _Item(command.command))
-            elif route is not None and command.command == "leave":
-                route.closed = True
         else:
             raise InputError(f"unknown kind {kind[:16]!r}")
 
@@ -290,8 +293,13 @@ class Ingress:
                 await route.wake.wait()
             item = route.queue.popleft()
             if item.kind == "leave":
-                await self._leave(route)
+                try:
+                    await self._leave(route)
+                finally:
+                    self._retire(route)
                 return
+            if item.kind == "reset":  # a new person: the last one's state is no snapshot of it
+                route.snapshot = None
             try:
                 await self._send(route, item)
             except asyncio.CancelledError:
@@ -304,11 +312,22 @@ class Ingress:
     async def _leave(self, route: _Route) -> None:
         route.closed = True
         route.queue.clear()
-        if route.joined:
+        await self._release(route)
+
+    async def _release(self, route: _Route) -> None:
+        """Send the stream's `leave` if any request of it was routed: its replica frees the
+        slot (it answers `done` for a stream it does not hold), the router unassigns it."""
+        if route.routed:
             try:
                 await route.handle.remote(StepRequest(route.stream, kind="leave"))
             except Exception as exc:  # noqa: BLE001 - its replica is gone: nothing to free
                 log.info("stream %s: leave not delivered (%s)", route.stream, exc)
+
+    def _retire(self, route: _Route) -> None:
+        """An ended route: its totals folded into `ended`, the route dropped."""
+        if self.routes.get(route.stream) is route:
+            del self.routes[route.stream]
+        self.ended[route.stream] = _merged(self.ended.get(route.stream), _totals(route))
 
     async def _send(self, route: _Route, item: _Item) -> None:
         from ray.exceptions import ActorUnavailableError, RayActorError
@@ -318,6 +337,7 @@ class Ingress:
                 route.stream, kind=item.kind, frame=item.frame,
                 new=not route.joined and (route.moving is None or route.snapshot is None),
                 resume=route.snapshot if route.moving is not None else None)
+            route.routed = True
             try:
                 reply: StepReply = await route.handle.remote(request)
             except (RayActorError, ActorUnavailableError) as exc:
@@ -341,12 +361,22 @@ class Ingress:
             if reply.outcome == "refused":
                 if route.moving is None and route.stepped == 0 and not route.joined:
                     self._refuse(route, reply.reason)
+                    await self._release(route)  # the router's assignment of it goes
+                    return
+                if any(i.kind == "leave" for i in route.queue):
+                    # the stream has ended meanwhile: what is queued before its leave is lost
+                    lost = 1 if item.kind == "frame" else 0
+                    while route.queue[0].kind != "leave":
+                        lost += route.queue.popleft().kind == "frame"
+                    self._lose(route, lost)
                     return
                 # a moved stream: no room yet; the same frame again in a while (meanwhile a
                 # real-time queue drops its oldest frames, counted as lost)
                 await asyncio.sleep(self.settings.retry_s)
                 continue
-            if reply.joined:
+            if reply.joined or (not route.joined and route.moving is None):
+                # took its slot with this request, or with an earlier one whose reply was lost
+                # (that request failed after the replica took the stream)
                 self._joined(route, reply)
             elif route.moving is not None:  # its replica was only unreachable for a while
                 log.warning("stream %s: %s held it still; it stays", route.stream, reply.replica)
@@ -426,8 +456,23 @@ class Ingress:
     # -- what the command and the tests read -------------------------------------------------
 
     def summary(self) -> dict:
+        streams = dict(self.ended)
+        for stream, route in list(self.routes.items()):
+            streams[stream] = _merged(streams.get(stream), _totals(route))
         return {"frames_in": self.frames_in, "messages_forwarded": self.messages_forwarded,
-                "bad_messages": self.bad_messages,
-                "streams": {s: {"replica": r.replica, "stepped": r.stepped, "lost": r.lost,
-                                "moves": r.moves, "refused": r.refused}
-                            for s, r in self.routes.items()}}
+                "bad_messages": self.bad_messages, "streams": streams}
+
+
+def _totals(route: _Route) -> dict:
+    return {"replica": route.replica, "stepped": route.stepped, "lost": route.lost,
+            "moves": route.moves, "refused": route.refused}
+
+
+def _merged(earlier: dict | None, later: dict) -> dict:
+    """One stream id's totals over its routes, one after the other."""
+    if earlier is None:
+        return later
+    return {"replica": later["replica"] or earlier["replica"],
+            "stepped": earlier["stepped"] + later["stepped"],
+            "lost": earlier["lost"] + later["lost"], "moves": earlier["moves"] + later["moves"],
+            "refused": earlier["refused"] or later["refused"]}
