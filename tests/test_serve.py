@@ -558,3 +558,24 @@ def test_ingress_reset_drops_the_snapshot_and_a_moved_stream_sees_its_leave():
     assert reset.resume is None and reset.new
     assert b.lost == 2 and replica.requests[-1].kind == "leave"
     assert not ingress.routes and set(ingress.summary()["streams"]) == {"a", "b"}
+
+
+def test_a_bad_request_fails_its_own_stream_only():
+    """A frame request without a frame, or with a mesh of the wrong size, is answered `error`;
+    the stream batched with them is stepped as usual. The wire refuses the wrong mesh too."""
+    from streamav.errors import InputError
+    from streamav.serve.replica import ReplicaCore, StepRequest
+
+    rng = np.random.default_rng(0)
+    good = FrameInputs("a", 0, 0, rng.integers(0, 255, (64, 64, 3), np.uint8),
+                       rng.random(513, np.float32), rng.random((468, 2), np.float32) * 64)
+    bad_mesh = FrameInputs("b", 0, 0, good.crop_rgb, None, np.zeros((10, 2), np.float32))
+    with pytest.raises(InputError):
+        decode_frame(encode_frame(bad_mesh, keep_all=True)[1:])
+    core = ReplicaCore(default_model_folder(), EngineChoice("onnx"), capacity=1, name="one")
+    replies = core.handle([StepRequest("a", frame=good, new=True),
+                           StepRequest("b", frame=bad_mesh, new=True),
+                           StepRequest("c", new=True)])
+    assert [r.outcome for r in replies] == ["ok", "error", "error"]
+    assert "mesh" in replies[1].reason and "without a frame" in replies[2].reason
+    assert sorted(core.streams) == ["a"] and replies[0].emotion is not None

@@ -110,7 +110,7 @@ def decode_frame(parts: Sequence[bytes]) -> tuple[FrameIn, FrameInputs]:
         raise InputError(f"a frame has {want} buffers, not {len(parts) - 1}")
     crop = _array(parts[1], np.uint8, CROP_SHAPE)
     spectrum = _array(parts[2], np.float32, (SPECTRUM_BINS,)) if header.has_spectrum else None
-    mesh = _array(parts[-1], np.float32, (-1, 2))
+    mesh = _array(parts[-1], np.float32, (MESH_POINTS, 2))
     return header, FrameInputs(header.stream, header.seq, header.t_capture_ns, crop, spectrum,
                                mesh)
 

@@ -374,6 +374,14 @@ class Ingress:
                 # real-time queue drops its oldest frames, counted as lost)
                 await asyncio.sleep(self.settings.retry_s)
                 continue
+            if reply.outcome == "error":  # this request could not be handled on its replica
+                if reply.joined:
+                    self._joined(route, reply)
+                log.warning("stream %s: its %s failed on %s: %s", route.stream, item.kind,
+                            reply.replica, reply.reason)
+                if item.kind == "frame":
+                    self._lose(route, 1)
+                return
             if reply.joined or (not route.joined and route.moving is None):
                 # took its slot with this request, or with an earlier one whose reply was lost
                 # (that request failed after the replica took the stream)

@@ -24,6 +24,8 @@ Streams, snapshots, refusals:
   `unknown` (the ingress then sends its snapshot).
 - `reset` (a new person at the client) and `leave` (the stream ended; its slot is freed) are
   requests of their own, in the stream's order.
+- A request that cannot be handled (a frame request without a frame, inputs of the wrong
+  shape) is answered `error` with the reason; the other streams of its batch are unaffected.
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ from streamav.model.inputs import SPECTRUM_BINS, face_to_model
 from streamav.model_runner import open_slots
 from streamav.model_stage import ModelStage
 from streamav.offline_features import OfflineInputs
-from streamav.serve.frames import FrameInputs
+from streamav.serve.frames import CROP_SHAPE, MESH_POINTS, FrameInputs
 from streamav.stream_slots import AdmissionRefused, SlotHandle, SlotRunner
 from streamav.wire.messages import Emotion, EmotionChange, Latent, VideoDenoised
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["ok", "refused", "unknown", "nonfinite", "done"]
+Outcome = Literal["ok", "refused", "unknown", "nonfinite", "done", "error"]
 
 
 class TickSlots:
@@ -278,26 +280,29 @@ class ReplicaCore:
                 replies[i] = self._reply(request, "done")
                 continue
             joined = False
-            if stream is None:
-                if not request.new and request.resume is None:
-                    replies[i] = self._reply(request, "unknown",
-                                             reason=f"replica {self.name} does not hold it")
-                    continue
-                try:
-                    stream = self._join(request)
-                    joined = True
-                except AdmissionRefused as exc:
-                    replies[i] = self._reply(request, "refused", reason=str(exc))
-                    continue
-            if request.kind == "reset":
-                stream.stage.reset()
-                replies[i] = self._reply(request, "done", joined=joined)
-            elif request.frame is None:
-                raise ValueError(f"a {request.kind!r} request without a frame")
-            else:
-                frames.append(i)
-                if joined:
-                    replies[i] = self._reply(request, "ok", joined=True)  # placeholder
+            try:
+                if request.kind == "frame":
+                    _check_frame(request.frame)
+                if stream is None:
+                    if not request.new and request.resume is None:
+                        replies[i] = self._reply(request, "unknown",
+                                                 reason=f"replica {self.name} does not hold it")
+                        continue
+                    try:
+                        stream = self._join(request)
+                        joined = True
+                    except AdmissionRefused as exc:
+                        replies[i] = self._reply(request, "refused", reason=str(exc))
+                        continue
+                if request.kind == "reset":
+                    stream.stage.reset()
+                    replies[i] = self._reply(request, "done", joined=joined)
+                else:
+                    frames.append(i)
+                    if joined:
+                        replies[i] = self._reply(request, "ok", joined=True)  # placeholder
+            except Exception as exc:  # noqa: BLE001 - this request only, not its batch
+                replies[i] = self._error(request, exc, joined)
         pending = frames
         while pending:
             tick, later, slots_in_tick = [], [], set()
@@ -314,30 +319,49 @@ class ReplicaCore:
     def _tick(self, requests: list[StepRequest], placeholders: list[StepReply | None]
               ) -> list[StepReply]:
         streams = [self.streams[r.stream] for r in requests]
-        rows = {s.slot: _model_inputs(r.frame) for s, r in zip(streams, requests)}
-        outputs = self.slots.step_tick(rows)
+        replies: list[StepReply | None] = [None] * len(requests)
+        rows = {}
+        for k, (stream, request) in enumerate(zip(streams, requests)):
+            try:
+                rows[stream.slot] = _model_inputs(request.frame)
+            except Exception as exc:  # noqa: BLE001 - this stream's frame only
+                replies[k] = self._error(request, exc, _joined(placeholders[k]))
+        outputs = self.slots.step_tick(rows) if rows else {}
         self.batches += 1
         self.frames += len(rows)
-        replies = []
-        for stream, request, placeholder in zip(streams, requests, placeholders):
-            frame = request.frame
-            joined = placeholder is not None and placeholder.joined
-            stream.runner.ready = outputs[stream.slot]
-            messages = stream.stage.step(frame.crop_rgb, frame.spectrum, frame.seq,
-                                         frame.mesh_crop_xy)
-            if messages is None:
-                replies.append(self._reply(request, "nonfinite", joined=joined))
-                continue
-            stream.frames += 1
-            snapshot = (self.snapshot(request.stream, frame.seq)
-                        if stream.frames % self.snapshot_every == 0 else None)
-            replies.append(StepReply(
-                stream=request.stream, outcome="ok", replica=self.name, node=self.node,
-                frame_seq=frame.seq,
-                emotion=messages.emotion, change=messages.change, denoised=messages.denoised,
-                denoised_rgb=messages.denoised_rgb, latent=messages.latent, snapshot=snapshot,
-                joined=joined))
-        return replies
+        for k, (stream, request) in enumerate(zip(streams, requests)):
+            if replies[k] is None:
+                try:
+                    replies[k] = self._finish(stream, request, outputs[stream.slot],
+                                              _joined(placeholders[k]))
+                except Exception as exc:  # noqa: BLE001 - this stream's frame only
+                    replies[k] = self._error(request, exc, _joined(placeholders[k]))
+        return replies  # type: ignore[return-value]
+
+    def _finish(self, stream: _Stream, request: StepRequest,
+                outputs: dict[str, np.ndarray] | None, joined: bool) -> StepReply:
+        """A stream's row of the tick through its own model stage: its reply."""
+        frame = request.frame
+        stream.runner.ready = outputs
+        messages = stream.stage.step(frame.crop_rgb, frame.spectrum, frame.seq,
+                                     frame.mesh_crop_xy)
+        if messages is None:
+            return self._reply(request, "nonfinite", joined=joined)
+        stream.frames += 1
+        snapshot = (self.snapshot(request.stream, frame.seq)
+                    if stream.frames % self.snapshot_every == 0 else None)
+        return StepReply(
+            stream=request.stream, outcome="ok", replica=self.name, node=self.node,
+            frame_seq=frame.seq,
+            emotion=messages.emotion, change=messages.change, denoised=messages.denoised,
+            denoised_rgb=messages.denoised_rgb, latent=messages.latent, snapshot=snapshot,
+            joined=joined)
+
+    def _error(self, request: StepRequest, exc: Exception, joined: bool) -> StepReply:
+        log.warning("replica %s: a %s of stream %s failed: %s", self.name, request.kind,
+                    request.stream, exc)
+        return self._reply(request, "error", reason=f"{type(exc).__name__}: {exc}",
+                           joined=joined)
 
     def _reply(self, request: StepRequest, outcome: Outcome, reason: str = "",
                joined: bool = False) -> StepReply:
@@ -348,6 +372,23 @@ class ReplicaCore:
     def close(self) -> None:
         for stream_id in list(self.streams):
             self._leave(stream_id)
+
+
+def _joined(placeholder: StepReply | None) -> bool:
+    return placeholder is not None and placeholder.joined
+
+
+def _check_frame(frame: FrameInputs | None) -> None:
+    """ValueError unless `frame` holds the model inputs in their shapes."""
+    if frame is None:
+        raise ValueError("a frame request without a frame")
+    if np.shape(frame.crop_rgb) != CROP_SHAPE:
+        raise ValueError(f"a face crop is {CROP_SHAPE}, not {np.shape(frame.crop_rgb)}")
+    if frame.spectrum is not None and np.shape(frame.spectrum) != (SPECTRUM_BINS,):
+        raise ValueError(f"a spectrum is ({SPECTRUM_BINS},), not {np.shape(frame.spectrum)}")
+    if np.shape(frame.mesh_crop_xy) != (MESH_POINTS, 2):
+        raise ValueError(f"a face mesh is ({MESH_POINTS}, 2), not "
+                         f"{np.shape(frame.mesh_crop_xy)}")
 
 
 def _restore(stream: _Stream, slots: TickSlots, snapshot: StreamSnapshot) -> None:
