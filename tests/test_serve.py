@@ -579,3 +579,23 @@ def test_a_bad_request_fails_its_own_stream_only():
     assert [r.outcome for r in replies] == ["ok", "error", "error"]
     assert "mesh" in replies[1].reason and "without a frame" in replies[2].reason
     assert sorted(core.streams) == ["a"] and replies[0].emotion is not None
+
+
+def test_ingress_stop_after_its_loop_died_still_stops_the_edge():
+    """An ingress whose loop thread has ended (here: it failed on its first wake) is not
+    `alive`, and stop() still stops its PUB edge instead of raising on the closed loop."""
+    from streamav.serve.ingress import Ingress, IngressSettings
+
+    ingress = Ingress(None, IngressSettings(listen=f"tcp://127.0.0.1:{free_tcp_port()}",
+                                            publish=f"tcp://127.0.0.1:{free_tcp_port()}",
+                                            idle_leave_s=0.0))
+
+    def broken():
+        raise RuntimeError("the loop failed")
+    ingress._leave_idle = broken  # fails at its first idle check, ~1 s after start
+    ingress.start()
+    assert ingress.alive
+    ingress._thread.join(10)
+    assert not ingress.alive
+    ingress.stop()
+    assert not ingress.publisher._thread.is_alive()  # the edge's socket is closed

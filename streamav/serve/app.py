@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamav.errors import StreamavError
 from streamav.serve import require_serve
 from streamav.serve.ingress import IngressSettings
 
@@ -88,9 +89,10 @@ def run_serve(options: ServeOptions, on_ready=None) -> dict:
                               num_gpus=options.num_gpus,
                               max_replicas_per_node=options.max_replicas_per_node)
         handle = deploy(settings, placement, options.app_name)
-        ingress = Ingress(handle, options.ingress)
-        ingress.start()
-        try:
+        ingress = None
+        try:  # from here on the application is deployed: deleted however this ends
+            ingress = Ingress(handle, options.ingress)
+            ingress.start()
             log.info("serving: frames in on %s, results on %s, %d replicas x %d streams",
                      options.ingress.listen, options.ingress.publish, options.replicas,
                      options.capacity)
@@ -101,9 +103,14 @@ def run_serve(options: ServeOptions, on_ready=None) -> dict:
             while not stop.wait(0.5):  # short waits: a signal's handler runs between them
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if not ingress.alive:
+                    raise StreamavError("the ingress has stopped serving (see the log above)")
         finally:
-            ingress.stop()
-            serve.delete(options.app_name)
+            try:
+                if ingress is not None:
+                    ingress.stop()
+            finally:
+                serve.delete(options.app_name)
         summary = ingress.summary()
         summary["stopped"] = reasons[0] if reasons else "duration reached"
         return summary

@@ -51,7 +51,7 @@ import zmq
 import zmq.asyncio
 
 from streamav.clock import now_ns, wall_anchor
-from streamav.errors import InputError
+from streamav.errors import InputError, StreamavError
 from streamav.serve.frames import (KIND_CTL, KIND_FRAME, KIND_MSG, FrameInputs, decode_command,
                                    decode_forward, decode_frame, encode_refusal)
 from streamav.serve.replica import StepReply, StepRequest, StreamSnapshot
@@ -154,17 +154,29 @@ class Ingress:
         self._thread = threading.Thread(target=self._run_thread, name="streamav-ingress",
                                         daemon=True)
         self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            self.publisher.stop()
-            raise self._error
+        ready = self._ready.wait(10)
+        if self._error is not None or not ready:
+            self.stop()
+            raise self._error or StreamavError(
+                f"the ingress did not bind {self.settings.listen} in 10 s")
+
+    @property
+    def alive(self) -> bool:
+        """Its loop runs (False before start, after stop, or once the loop has failed)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        self.publisher.stop()
+        try:
+            loop, stop = self._loop, self._stop
+            if loop is not None and stop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(stop.set)
+                except RuntimeError:  # the loop closed meanwhile: its thread has ended
+                    pass
+            if self._thread is not None:
+                self._thread.join(timeout_s)
+        finally:
+            self.publisher.stop()
 
     def _run_thread(self) -> None:
         try:
