@@ -234,6 +234,13 @@ def live(
     from streamav.stop_signals import stop_on_signals
 
     if remote is not None:
+        ignored = [flag for flag, value in (
+            ("--backend", backend), ("--device", device), ("--model", model),
+            ("--profile", profile), ("--noise", noise), ("--max-streams", max_streams))
+            if value is not None]
+        if ignored:
+            raise InputError(f"{', '.join(ignored)}: not for --remote (the model runs on "
+                             "streamav serve, with its own options)")
         _live_remote(config, overrides, videos, cameras, streams, remote, remote_server_key,
                      remote_client_key)
         return
@@ -606,6 +613,18 @@ def bench(
     from streamav.bench import run_bench_command
 
     _check_outputs((json_out, "--json"), (plot, "--plot"))
+    if serve:
+        ignored = [flag for flag, given in (
+            ("--backend", backend is not None), ("--device", device != "cpu"),
+            ("--threads", threads != 0), ("--plot", plot is not None), ("--batch", batch != 1),
+            ("--frames", frames != 1000), ("--warmup", warmup != 50),
+            ("--pipeline", pipeline), ("--realtime/--no-realtime", realtime is not None),
+            ("--repeat", repeat != 1), ("--demo", demo)) if given]
+        if ignored:
+            raise InputError(f"{', '.join(ignored)}: not for --serve (the replicas run "
+                             "`streamav serve`'s defaults; see streamav serve --help)")
+    elif replicas != 2:
+        raise InputError("--replicas goes with --serve")
     if serve:
         _bench_serve(streams, seconds, replicas, video, model, engine_dir, json_out)
         return

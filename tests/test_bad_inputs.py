@@ -235,6 +235,15 @@ CASES = [
     ("calibrate-end-before-start", ["calibrate", "--profile", "p1", "--label", "neutral",
                                     "--video", "{clip}", "--start", "2", "--end", "1"], 2,
      "--end", None),
+    # -- options another mode would ignore ---------------------------------------------------
+    ("bench-serve-with-backend", ["bench", "--serve", "--backend", "onnx", "--threads", "2"], 2,
+     "--backend, --threads: not for --serve", None),
+    ("bench-replicas-without-serve", ["bench", "--replicas", "3"], 2,
+     "--replicas goes with --serve", None),
+    ("live-remote-with-model-options", ["live", "--video", "{clip}", "--remote",
+                                        "tcp://127.0.0.1:5999", "--backend", "onnx",
+                                        "--max-streams", "2"], 2,
+     "--backend, --max-streams: not for --remote", None),
     ("calibrate-seconds-zero", ["calibrate", "--profile", "p1", "--camera", "0", "--seconds",
                                 "0"], 2, "--seconds", None),
 ]
