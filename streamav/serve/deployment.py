@@ -12,6 +12,7 @@ a stream's next frame once the last one is answered) and the batch is one engine
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,7 +74,10 @@ class StreamModel:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def step(self, requests: list[StepRequest]) -> list[StepReply]:
-        return self.core.handle(requests)
+        # the tick in a worker thread: the replica's event loop (Serve's health checks, the
+        # next batch's requests) is not held for it; batches run one at a time
+        # (serve.batch's max_concurrent_batches 1), so the core sees one caller
+        return await asyncio.to_thread(self.core.handle, requests)
 
     def info(self) -> dict:
         """Who this replica is and what it holds (tests, `streamav serve` logs)."""
