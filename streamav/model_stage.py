@@ -21,6 +21,7 @@ run's shared `SlotRunner` instead of opening an engine of its own; `stop()` free
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,23 @@ class ModelStage:
         self._emotion = estimator.stream(self.fps, self._load_profile(estimator))
         if self._detector is not None:
             self._detector.reset()
+
+    def snapshot_state(self) -> dict:
+        """A copy of the stage's own state besides the model's (the runner's): the emotion
+        baseline and smoothing, the change detector; for `restore_state` in another process
+        (a serve replica's stream moving to another replica)."""
+        emotion = None if self._emotion is None else {
+            k: copy.deepcopy(v) for k, v in vars(self._emotion).items() if k != "estimator"}
+        detector = None if self._detector is None else copy.deepcopy(vars(self._detector))
+        return {"emotion": emotion, "detector": detector}
+
+    def restore_state(self, state: dict) -> None:
+        """Put back what `snapshot_state` took (after `start()`; the estimator is this
+        stage's own)."""
+        if self._emotion is not None and state.get("emotion") is not None:
+            vars(self._emotion).update(copy.deepcopy(state["emotion"]))
+        if self._detector is not None and state.get("detector") is not None:
+            vars(self._detector).update(copy.deepcopy(state["detector"]))
 
     @property
     def nonfinite_frames(self) -> int:

@@ -163,6 +163,45 @@ class SlotRunner:
         for array, row in zip(self._state, self._fresh_row):
             array[rows] = row
 
+    # -- a caller's own ticks and a slot's state (a serve replica: streamav.serve.replica) ----
+
+    def step_rows(self, rows: dict[int, tuple[np.ndarray, np.ndarray]]
+                  ) -> dict[int, dict[str, np.ndarray] | None]:
+        """One tick of the caller's rows, {slot: ((1, 513) spectrum, (1, 3, 64, 64) face)} ->
+        {slot: outputs, None when non-finite (counted, the slot reset)}, without gathering the
+        streams' threads (the caller's batch is the tick), on the smallest engine that holds
+        the rows. Waits for a tick running meanwhile."""
+        with self._cond:
+            self._wait_idle()
+            self._stepping = True
+        try:
+            return self._run_tick(rows)
+        finally:
+            with self._cond:
+                self._stepping = False
+                self._cond.notify_all()
+
+    def slot_state(self, slot: int) -> tuple[np.ndarray, ...]:
+        """A copy of one slot's recurrent state, each array (1, ...)."""
+        with self._cond:
+            self._wait_idle()
+            return tuple(np.array(a[slot:slot + 1]) for a in self._state)
+
+    def set_slot_state(self, slot: int, rows: tuple[np.ndarray, ...]) -> None:
+        """Put `rows` (as `slot_state` gives them) into one slot's state."""
+        with self._cond:
+            self._wait_idle()
+            if len(rows) != len(self._state):
+                raise ValueError(f"a state of {len(rows)} arrays, the engine has "
+                                 f"{len(self._state)}")
+            for array, row in zip(self._state, rows):
+                if np.shape(row) != (1, *array.shape[1:]):
+                    raise ValueError(f"a state row of shape {np.shape(row)}, the engine's is "
+                                     f"{(1, *array.shape[1:])}")
+            self._own_state()
+            for array, row in zip(self._state, rows):
+                array[slot:slot + 1] = row
+
     # -- stepping ---------------------------------------------------------------------------
 
     def _step(self, slot: int, spectrum: np.ndarray, face: np.ndarray

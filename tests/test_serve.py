@@ -599,3 +599,29 @@ def test_ingress_stop_after_its_loop_died_still_stops_the_edge():
     assert not ingress.alive
     ingress.stop()
     assert not ingress.publisher._thread.is_alive()  # the edge's socket is closed
+
+
+def test_a_snapshot_restored_on_another_replica_goes_on_as_it_would_have():
+    """ReplicaCore on the shipped batch-1 step: a stream resumed on a second replica from its
+    snapshot (the slot's state rows through SlotRunner.slot_state / set_slot_state, the
+    stage's emotion and detector state through ModelStage.snapshot_state / restore_state)
+    steps its next frames as the first replica does."""
+    from streamav.serve.replica import ReplicaCore, StepRequest
+
+    rng = np.random.default_rng(1)
+    frames = [FrameInputs("a", seq, 0, rng.integers(0, 255, (64, 64, 3), np.uint8),
+                          rng.random(513, np.float32), rng.random((468, 2), np.float32) * 64)
+              for seq in range(5)]
+    one, two = (ReplicaCore(default_model_folder(), EngineChoice("onnx"), capacity=1,
+                            snapshot_every=3, name=name) for name in ("one", "two"))
+    replies = [one.handle([StepRequest("a", frame=f, new=f.seq == 0)])[0] for f in frames]
+    snapshot = replies[2].snapshot
+    assert snapshot is not None and snapshot.frames == 3 and snapshot.emotion is not None
+    moved = [two.handle([StepRequest("a", frame=f, resume=snapshot if f.seq == 3 else None)])[0]
+             for f in frames[3:]]
+    assert moved[0].joined
+    for got, expected in zip(moved, replies[3:]):
+        assert got.outcome == expected.outcome == "ok"
+        assert got.emotion == expected.emotion and got.latent == expected.latent
+    with pytest.raises(ValueError, match="state row of shape"):
+        two.slots.runner.set_slot_state(0, tuple(a[:, :1] for a in snapshot.slot_state))

@@ -2,7 +2,8 @@
 
     eager     PyTorch as written (the reference); CPU or CUDA; fp32 (fp16 on CUDA)
     onnx      ONNX Runtime on the ONNX export of the step (cached in engines/); the CPU default;
-              fp32, or int8 (dynamic int8 quantization of the matrix products' weights)
+              fp32, or int8 (int8 matrix products, each stream quantized on its own:
+              int8_per_stream.py)
     compile   torch.compile (inductor; CUDA graphs on CUDA); compiled at start
     tensorrt  torch-tensorrt on the exported step (cached in engines/); CUDA only; fp32, fp16,
               int8 (NVIDIA ModelOpt, calibrated on calibration/)
@@ -35,6 +36,7 @@ from streamav.engines.base import StepEngine
 from streamav.engines.cache import CachedEngine, EngineCache
 from streamav.engines.choice import AUTO_ORDER, EngineChoice
 from streamav.engines.inputs import EngineInputs
+from streamav.engines.int8_per_stream import INT8_RECIPE
 from streamav.engines.shipped import SHIPPED_ENGINE, ShippedStep
 from streamav.errors import DeviceError, InputError, MissingDependencyError, StreamavError
 from streamav.host import cpu_name, package_version
@@ -93,6 +95,8 @@ def engine_identity(model: StreamingModel, spec: EngineChoice, weights_hash: str
         **device_description(spec.device),
         "calibration_sha256": calibration_hash if uses_calibration(spec) else None,
         **shipped,
+        **({"int8_recipe": INT8_RECIPE} if spec.backend == "onnx" and spec.precision == "int8"
+           else {}),
     }
 
 
@@ -103,7 +107,8 @@ def uses_shipped(spec: EngineChoice) -> bool:
 
 def uses_calibration(spec: EngineChoice) -> bool:
     """TensorRT INT8 calibrates activations on the calibration set; ONNX Runtime's CPU int8
-    quantizes weights only (activations per step, dynamically) and needs none."""
+    quantizes each stream's activations per step from their own range (int8_per_stream.py)
+    and needs none."""
     return spec.precision == "int8" and spec.backend == "tensorrt"
 
 
@@ -265,11 +270,11 @@ def build_or_load(model: StreamingModel, spec: EngineChoice, cache: EngineCache 
 
             program = export_step(model, spec.batch)
             if spec.precision == "int8":
-                from streamav.engines.backends.onnx import quantize_weights_int8
+                from streamav.engines.int8_per_stream import quantize_int8_per_stream
 
                 with tempfile.TemporaryDirectory() as scratch:
                     float_path = write_onnx(program, Path(scratch) / "step_fp32.onnx")
-                    quantize_weights_int8(float_path, path)
+                    quantize_int8_per_stream(float_path, path, spec.batch)
             else:
                 write_onnx(program, path)
         else:

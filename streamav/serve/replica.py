@@ -30,7 +30,6 @@ Streams, snapshots, refusals:
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,36 +80,14 @@ class TickSlots:
                   ) -> dict[int, dict[str, np.ndarray] | None]:
         """{slot: ((1, 513) spectrum, (1, 3, 64, 64) face)} -> {slot: outputs, None when
         non-finite (counted, the slot reset)}, on the smallest engine that holds the rows."""
-        r = self.runner
-        with r._cond:
-            r._wait_idle()
-            r._stepping = True
-        try:
-            return r._run_tick(rows)
-        finally:
-            with r._cond:
-                r._stepping = False
-                r._cond.notify_all()
+        return self.runner.step_rows(rows)
 
     def state_rows(self, slot: int) -> tuple[np.ndarray, ...]:
         """A copy of one slot's state, each array (1, ...)."""
-        r = self.runner
-        with r._cond:
-            r._wait_idle()
-            return tuple(np.array(a[slot:slot + 1]) for a in r._state)
+        return self.runner.slot_state(slot)
 
     def restore_rows(self, slot: int, rows: tuple[np.ndarray, ...]) -> None:
-        r = self.runner
-        with r._cond:
-            r._wait_idle()
-            if len(rows) != len(r._state):
-                raise ValueError(f"a snapshot of {len(rows)} state arrays, the engine has "
-                                 f"{len(r._state)}")
-            own = getattr(r, "_own_state", None)  # the state may be the engine's arrays
-            if own is not None:
-                own()
-            for array, row in zip(r._state, rows):
-                array[slot:slot + 1] = row
+        self.runner.set_slot_state(slot, rows)
 
 
 @dataclass(frozen=True)
@@ -256,15 +233,11 @@ class ReplicaCore:
 
     def snapshot(self, stream_id: str, frame_seq: int) -> StreamSnapshot:
         stream = self.streams[stream_id]
-        stage = stream.stage
-        emotion = getattr(stage, "_emotion", None)
-        detector = getattr(stage, "_detector", None)
+        stage_state = stream.stage.snapshot_state()
         return StreamSnapshot(
             frame_seq=frame_seq, frames=stream.frames,
             slot_state=self.slots.state_rows(stream.slot),
-            emotion=None if emotion is None else {
-                k: copy.deepcopy(v) for k, v in vars(emotion).items() if k != "estimator"},
-            detector=None if detector is None else copy.deepcopy(vars(detector)))
+            emotion=stage_state["emotion"], detector=stage_state["detector"])
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -394,10 +367,4 @@ def _check_frame(frame: FrameInputs | None) -> None:
 def _restore(stream: _Stream, slots: TickSlots, snapshot: StreamSnapshot) -> None:
     slots.restore_rows(stream.slot, snapshot.slot_state)
     stream.frames = snapshot.frames
-    stage = stream.stage
-    emotion = getattr(stage, "_emotion", None)
-    if emotion is not None and snapshot.emotion is not None:
-        vars(emotion).update(copy.deepcopy(snapshot.emotion))
-    detector = getattr(stage, "_detector", None)
-    if detector is not None and snapshot.detector is not None:
-        vars(detector).update(copy.deepcopy(snapshot.detector))
+    stream.stage.restore_state({"emotion": snapshot.emotion, "detector": snapshot.detector})

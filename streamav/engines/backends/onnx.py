@@ -1,7 +1,7 @@
 """ONNX Runtime: the CPU default (CUDA and TensorRT execution providers where installed).
 
-fp32 runs the export as it is; int8 runs it with the weights of its matrix products quantized
-to int8 (`quantize_weights_int8`), the fastest CPU engine (docs/engines.md has the numbers).
+fp32 runs the export as it is; int8 runs it with its matrix products in int8, each stream
+quantized on its own (`streamav.engines.int8_per_stream`; docs/engines.md has the numbers).
 
 The engine file is the ONNX export of the step (`streamav.engines.export.write_onnx`); this
 module only runs it. Inputs and the state go in as numpy views of the torch tensors (no copy on
@@ -10,7 +10,6 @@ CPU) and the outputs come back as torch tensors sharing ONNX Runtime's buffers.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -77,25 +76,6 @@ class OnnxEngine(StepEngine):
                    for v in binding.get_outputs()]
         n = len(OUTPUT_NAMES)
         return StepOutputs(*results[:n]), State(*results[n:])
-
-
-def quantize_weights_int8(float_path: Path, out_path: Path) -> Path:
-    """The int8 CPU engine: ONNX Runtime's dynamic quantization of the MatMul/Gemm weights
-    (signed int8, per tensor); activations are quantized on the fly each step, so no
-    calibration set is needed. Convolutions stay fp32. The matrix products of the MDVAE are
-    memory-bound at batch 1 (about 19 MB of fp32 weights per step), which int8 cuts by 4."""
-    import_ort()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer's advice to pre-process, logged on the root
-    try:
-        quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])
-    finally:
-        root.setLevel(level)
-    return Path(out_path)
 
 
 def _numpy(t: Tensor) -> np.ndarray:
