@@ -625,3 +625,39 @@ def test_a_snapshot_restored_on_another_replica_goes_on_as_it_would_have():
         assert got.emotion == expected.emotion and got.latent == expected.latent
     with pytest.raises(ValueError, match="state row of shape"):
         two.slots.runner.set_slot_state(0, tuple(a[:, :1] for a in snapshot.slot_state))
+
+
+def test_the_client_link_never_blocks_for_ever_on_a_missing_ingress(monkeypatch):
+    """No ingress at the endpoint, the socket's queue full: a command waits its bounded time
+    and is dropped (counted); an offline frame waits, but close() from another thread ends
+    its wait."""
+    from streamav.serve import client
+    from streamav.serve.client import RemoteLink
+    from streamav.serve.frames import encode_command
+
+    monkeypatch.setattr(client, "_CLOSE_LINGER_MS", 0)  # nothing queued here will ever go
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    realtime = RemoteLink(endpoint, wait=False)
+    realtime.start()
+    while realtime.send(encode_command("s", "reset")):  # real time: until the queue is full
+        pass
+    t0 = time.monotonic()
+    assert realtime.send_command(encode_command("s", "leave")) is False
+    assert time.monotonic() - t0 < 5 and realtime.dropped == 2
+    realtime.close()
+    offline = RemoteLink(endpoint, wait=True)
+    offline.start()
+    result = []
+
+    def fill():
+        for _ in range(5000):
+            if not offline.send(encode_command("s", "reset")):
+                result.append(False)
+                return
+    sender = threading.Thread(target=fill)
+    sender.start()
+    sender.join(1.5)
+    assert sender.is_alive()  # an offline frame waits for the ingress
+    offline.close()
+    sender.join(5)
+    assert not sender.is_alive() and result == [False]

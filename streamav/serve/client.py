@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 _SEND_HWM = 1000
 _CLOSE_LINGER_MS = 2000  # what is queued at the end still reaches the ingress
+# the longest one send holds the link (its lock): a command waits this long for room, an
+# offline frame tries again after it (real-time frames never wait)
+_SEND_TIMEOUT_MS = 1000
 
 
 class RemoteLink:
@@ -71,23 +74,47 @@ class RemoteLink:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.SNDHWM, _SEND_HWM)
         sock.setsockopt(zmq.LINGER, _CLOSE_LINGER_MS)
+        sock.setsockopt(zmq.SNDTIMEO, _SEND_TIMEOUT_MS)
         protocol.secure_client(sock, self.server_key, self.client_key)
         protocol.connect(sock, self.endpoint)
         self._sock = sock
 
     def send(self, parts: list[bytes]) -> bool:
+        """A frame or a forwarded message: real time, dropped (counted) when the socket has
+        no room now; `wait` (offline), tried again every `_SEND_TIMEOUT_MS` until it goes or
+        the link is closed, the lock released between tries."""
+        while True:
+            with self._lock:
+                if self._sock is None:
+                    self.dropped += 1
+                    return False
+                try:
+                    self._sock.send_multipart(parts, flags=0 if self.wait else zmq.NOBLOCK,
+                                              copy=False)
+                except zmq.Again:
+                    if not self.wait:
+                        self.dropped += 1
+                        return False
+                    continue  # outside the lock: close() and the commands get their turn
+                self.sent += 1
+                return True
+
+    def send_command(self, parts: list[bytes]) -> bool:
+        """A `reset` / `leave`: waits up to `_SEND_TIMEOUT_MS` for room (a command dropped
+        would leave a slot taken or the last person's state in place), else dropped and
+        logged."""
         with self._lock:
-            if self._sock is None:
-                self.dropped += 1
-                return False
-            try:
-                self._sock.send_multipart(parts, flags=0 if self.wait else zmq.NOBLOCK,
-                                          copy=False)
-            except zmq.Again:
-                self.dropped += 1
-                return False
-            self.sent += 1
-            return True
+            if self._sock is not None:
+                try:
+                    self._sock.send_multipart(parts, copy=False)  # SNDTIMEO bounds the wait
+                    self.sent += 1
+                    return True
+                except zmq.Again:
+                    pass
+            self.dropped += 1
+        log.warning("a command to %s could not be sent in %d ms: dropped", self.endpoint,
+                    _SEND_TIMEOUT_MS)
+        return False
 
     def refusals(self) -> list:
         """The ingress's refusals received so far (streamav.serve.frames.Refusal)."""
@@ -149,8 +176,8 @@ class ForwardingPublisher:
         if sent and on_sent is not None:
             on_sent(message.TOPIC, t_capture_ns, t_enqueue_ns, now_ns())
         if isinstance(message, Status) and message.state in ("reset", "stopping"):
-            self.link.send(encode_command(stream, "reset" if message.state == "reset"
-                                          else "leave"))
+            self.link.send_command(encode_command(stream, "reset" if message.state == "reset"
+                                                  else "leave"))
         return sent
 
 
