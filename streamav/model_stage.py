@@ -42,7 +42,11 @@ from streamav.model_runner import StepRunner, check_choice_here, open_runner
 from streamav.stream_slots import SlotHandle
 from streamav.wire.messages import Emotion, EmotionChange, Latent, VideoDenoised
 
-__all__ = ["ModelMessages", "ModelStage", "default_model_folder"]
+__all__ = ["DEFAULT_FPS", "ModelMessages", "ModelStage", "default_model_folder"]
+
+# the frame rate the emotion smoothing and the change detector assume unless told (a live run's
+# stage is built before its source's rate is known)
+DEFAULT_FPS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class ModelStage:
     threads; `engine_dir`: the engine cache; `engine_inputs`: real frames for an engine built
     on first use (streamav.offline_features.OfflineInputs)."""
 
-    def __init__(self, folder: Path, noise: Corruption | None = None, fps: float = 30.0,
+    def __init__(self, folder: Path, noise: Corruption | None = None, fps: float = DEFAULT_FPS,
                  seed: int = 0, engine: EngineChoice | None = None, threads: int = 1,
                  engine_dir: Path | None = None, engine_inputs: EngineInputs | None = None,
                  profile: str | None = None, slot: SlotHandle | None = None) -> None:

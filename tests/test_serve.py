@@ -609,8 +609,9 @@ def test_a_snapshot_restored_on_another_replica_goes_on_as_it_would_have():
     from streamav.serve.replica import ReplicaCore, StepRequest
 
     rng = np.random.default_rng(1)
-    frames = [FrameInputs("a", seq, 0, rng.integers(0, 255, (64, 64, 3), np.uint8),
-                          rng.random(513, np.float32), rng.random((468, 2), np.float32) * 64)
+    frames = [_wire(FrameInputs("a", seq, 0, rng.integers(0, 255, (64, 64, 3), np.uint8),
+                                rng.random(513, np.float32),
+                                rng.random((468, 2), np.float32) * 64, fps=25.0))
               for seq in range(5)]
     one, two = (ReplicaCore(default_model_folder(), EngineChoice("onnx"), capacity=1,
                             snapshot_every=3, name=name) for name in ("one", "two"))
@@ -620,6 +621,7 @@ def test_a_snapshot_restored_on_another_replica_goes_on_as_it_would_have():
     moved = [two.handle([StepRequest("a", frame=f, resume=snapshot if f.seq == 3 else None)])[0]
              for f in frames[3:]]
     assert moved[0].joined
+    assert one.streams["a"].stage.fps == two.streams["a"].stage.fps == 25.0  # the stream's rate
     for got, expected in zip(moved, replies[3:]):
         assert got.outcome == expected.outcome == "ok"
         assert got.emotion == expected.emotion and got.latent == expected.latent

@@ -34,6 +34,7 @@ from streamav.clock import now_ns
 from streamav.config import LiveConfig
 from streamav.errors import EndpointError
 from streamav.frontend.face import mesh_in_crop
+from streamav.model_stage import DEFAULT_FPS
 from streamav.multi_live import MultiRun, StreamInput, check_multi_config
 from streamav.pipeline import FrameResult
 from streamav.serve.frames import (KIND_REFUSED, FrameInputs, decode_refusal, encode_command,
@@ -205,13 +206,15 @@ def run_remote(config: LiveConfig, streams: list[StreamInput], endpoint: str,
     link = RemoteLink(endpoint, wait=keep_all, server_key=server_key, client_key=client_key)
     refused: list[str] = []
     run: MultiRun | None = None
+    # what the stream's model stage would assume in one process (streamav.live's: the default)
+    stage_fps = DEFAULT_FPS
 
     def on_frame(stream_id: str, result: FrameResult) -> None:
         face = result.face
         if face.found and face.crop_rgb is not None:
             link.send(encode_frame(FrameInputs(
                 stream_id, result.frame.seq, result.frame.t_capture_ns, face.crop_rgb,
-                result.spectrum, mesh_in_crop(face)), keep_all))
+                result.spectrum, mesh_in_crop(face), stage_fps), keep_all))
         for refusal in link.refusals():
             log.warning("stream %s refused by streamav serve: %s", refusal.stream,
                         refusal.reason)

@@ -50,6 +50,8 @@ class FrameIn(msgspec.Struct, frozen=True, kw_only=True):
     has_spectrum: bool
     # an offline client (--no-realtime): the ingress keeps every frame instead of the newest
     keep_all: bool = False
+    # the frame rate the stream's model stage assumes (its emotion smoothing, change detector)
+    fps: float = 30.0
 
 
 class Forward(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +82,7 @@ class FrameInputs:
     crop_rgb: np.ndarray  # (64, 64, 3) uint8
     spectrum: np.ndarray | None  # (513,) float32, None without audio
     mesh_crop_xy: np.ndarray  # (468, 2) float32
+    fps: float = 30.0  # the frame rate the stream's model stage assumes
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -88,7 +91,8 @@ _encoder = msgspec.msgpack.Encoder()
 def encode_frame(inputs: FrameInputs, keep_all: bool) -> list[bytes]:
     header = FrameIn(stream=inputs.stream, seq=int(inputs.seq),
                      t_capture_ns=int(inputs.t_capture_ns),
-                     has_spectrum=inputs.spectrum is not None, keep_all=keep_all)
+                     has_spectrum=inputs.spectrum is not None, keep_all=keep_all,
+                     fps=float(inputs.fps))
     crop = np.ascontiguousarray(inputs.crop_rgb, np.uint8)
     if crop.shape != CROP_SHAPE:
         raise ValueError(f"a face crop is {CROP_SHAPE}, not {crop.shape}")
@@ -105,6 +109,8 @@ def decode_frame(parts: Sequence[bytes]) -> tuple[FrameIn, FrameInputs]:
         header = msgspec.msgpack.decode(parts[0], type=FrameIn)
     except (msgspec.DecodeError, IndexError) as exc:
         raise InputError(f"bad frame header: {exc}") from None
+    if not 0.1 <= header.fps <= 1000:  # also NaN
+        raise InputError(f"a frame's fps must be in 0.1..1000, got {header.fps}")
     want = 3 if header.has_spectrum else 2
     if len(parts) != 1 + want:
         raise InputError(f"a frame has {want} buffers, not {len(parts) - 1}")
@@ -112,7 +118,7 @@ def decode_frame(parts: Sequence[bytes]) -> tuple[FrameIn, FrameInputs]:
     spectrum = _array(parts[2], np.float32, (SPECTRUM_BINS,)) if header.has_spectrum else None
     mesh = _array(parts[-1], np.float32, (MESH_POINTS, 2))
     return header, FrameInputs(header.stream, header.seq, header.t_capture_ns, crop, spectrum,
-                               mesh)
+                               mesh, header.fps)
 
 
 def _array(buffer: bytes, dtype, shape: tuple[int, ...]) -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 from streamav.engines.choice import EngineChoice
 from streamav.model.inputs import SPECTRUM_BINS, face_to_model
 from streamav.model_runner import open_slots
-from streamav.model_stage import ModelStage
+from streamav.model_stage import DEFAULT_FPS, ModelStage
 from streamav.offline_features import OfflineInputs
 from streamav.serve.frames import CROP_SHAPE, MESH_POINTS, FrameInputs
 from streamav.stream_slots import AdmissionRefused, SlotHandle, SlotRunner
@@ -211,7 +211,8 @@ class ReplicaCore:
         handle = self.slots.join()  # AdmissionRefused when every slot is taken
         try:
             runner = _RowRunner(handle)
-            stage = ModelStage(self.folder, engine=self.choice, threads=self.threads,
+            fps = request.frame.fps if request.frame is not None else DEFAULT_FPS
+            stage = ModelStage(self.folder, fps=fps, engine=self.choice, threads=self.threads,
                                engine_dir=self.engine_dir, slot=runner)  # type: ignore[arg-type]
             stage.start()
             stream = _Stream(stage, runner)
