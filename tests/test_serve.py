@@ -215,6 +215,10 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone, t
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
+    # the head node and ray.init put their own SIGTERM / SIGINT handlers in place and leave
+    # them: the test process's go back afterwards (test_stop_signals and
+    # test_pipeline_shutdown check them)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2)
@@ -260,6 +264,8 @@ def test_two_node_cluster_sticky_streams_survive_a_replica_kill(engine, alone, t
             server.kill()
         ray.shutdown()
         cluster.shutdown()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
     target = collector.target
     streams = [f"t.s{i}" for i in range(len(CLIPS))]
