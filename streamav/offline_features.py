@@ -193,8 +193,13 @@ class OfflineInputs:
         return load_calibration(self._calibration_path)
 
     def reference_source(self) -> str:
-        return ("calibration/calibration.json" if default_calibration_file().is_file()
-                else "the demo clip, looped")
+        """Where the parity frames come from: the checkout's calibration set when it loads;
+        else the demo clip, and why (a stale set must not hide behind its file name)."""
+        try:
+            load_calibration()
+        except InputError as error:
+            return f"the demo clip, looped (calibration set not used: {error})"
+        return "calibration/calibration.json"
 
     def reference_frames(self, frames: int, cache_dir: Path | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:

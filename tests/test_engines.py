@@ -309,3 +309,15 @@ def test_build_engines_cli_builds_then_reuses(tmp_path):
     wrong = subprocess.run([*streamav_command(), "build-engines", "--batch", "one"],
                            capture_output=True, text=True, env=cli_env(), timeout=120)
     assert wrong.returncode == InputError.exit_code and "--batch" in wrong.stderr
+
+
+def test_the_checkouts_calibration_set_matches_its_recordings_and_front_end():
+    """Parity checks and benchmarks read the checkout's calibration set; when it does not load
+    (recordings or front-end settings changed) they fall back to the demo clip, and the manifest
+    must say so. The shipped description must load: describe it again after a front-end change
+    (calibration/README.md)."""
+    from streamav.offline_features import OfflineInputs, load_calibration
+
+    calibration = load_calibration()
+    assert len(calibration.recordings) == 6
+    assert OfflineInputs().reference_source() == "calibration/calibration.json"

@@ -128,9 +128,11 @@ def frontend_signature(config=None) -> dict:
     import cv2
     import mediapipe
 
+    face = asdict(config.face if config is not None else FaceConfig())
+    face.pop("max_faces", None)  # how many faces are tracked changes no face's features
     signature = {
         "frontend_version": FRONTEND_VERSION,
-        "face": asdict(config.face if config is not None else FaceConfig()),
+        "face": face,
         "spectrum": asdict(config.spectrum if config is not None else SpectrumConfig()),
         "mediapipe": mediapipe.__version__,
         "opencv": cv2.__version__,
