@@ -173,18 +173,7 @@ class FaceStreamsPipeline(LivePipeline):
         record = self.stats.latency.record_ns
         if t_pickup is None:
             t_pickup = now_ns()
-        record("decode", frame.decode_ns)
-        record("queue", t_pickup - frame.t_capture_ns)
-        spectrum = level = skew_ns = audio_end = None
-        if self.has_audio:
-            window = self._ring.audio.window_ending_at(
-                frame.t_media_ns, self.config.spectrum.window_samples)
-            t0 = now_ns()
-            spectrum = self.spectrum.step(window.samples)
-            record("spectrum", now_ns() - t0)
-            level = self.spectrum.level_dbfs(window.samples)
-            skew_ns = window.skew_ns
-            audio_end = window.end_index
+        spectrum, level, skew_ns, audio_end = self._frame_audio(frame, t_pickup)
         t0 = now_ns()
         faces = self.face.step_all(frame.image_bgr)
         record("face", now_ns() - t0)

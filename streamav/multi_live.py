@@ -389,13 +389,9 @@ def _anchor() -> Anchor:
     return Anchor(**wall_anchor())
 
 
-def run_multi(config: LiveConfig, streams: list[StreamInput], signals=None) -> dict:
-    """`streamav live` with several streams: every one admitted runs until its input ends (or
-    the run is stopped); the result is {"streams": {id: final stats}, "stop_reasons": {id:
-    why}, "refused": [ids],
-    "errors": {id: message}, "engine": label}."""
-    check_multi_config(config)
-    run = MultiRun(config)
+def run_all(run: MultiRun, streams: list[StreamInput], signals=None) -> dict:
+    """Check every stream's source, then start `run`, add the streams and wait for them all;
+    the run is closed whatever happens. Returns {stream id: its summary or None}."""
     for stream in streams:
         run.stream_config(stream)  # every stream's source checked before anything is built
     if signals is not None:
@@ -404,13 +400,28 @@ def run_multi(config: LiveConfig, streams: list[StreamInput], signals=None) -> d
         run.start()
         for stream in streams:
             run.add(stream)
-        summaries = run.wait()
+        return run.wait()
     finally:
         run.close()
+
+
+def summary_of(summaries: dict) -> dict:
+    """{"streams": {id: final stats}, "stop_reasons": {id: why}} from `run_all`'s summaries."""
     return {"streams": {sid: (s.final_stats if s is not None else None)
                         for sid, s in summaries.items()},
             "stop_reasons": {sid: (s.stop_reason if s is not None else None)
-                             for sid, s in summaries.items()},
+                             for sid, s in summaries.items()}}
+
+
+def run_multi(config: LiveConfig, streams: list[StreamInput], signals=None) -> dict:
+    """`streamav live` with several streams: every one admitted runs until its input ends (or
+    the run is stopped); the result is {"streams": {id: final stats}, "stop_reasons": {id:
+    why}, "refused": [ids],
+    "errors": {id: message}, "engine": label}."""
+    check_multi_config(config)
+    run = MultiRun(config)
+    summaries = run_all(run, streams, signals)
+    return {**summary_of(summaries),
             "refused": list(run.refused),
             "errors": {sid: str(e) for sid, e in run.errors.items()},
             "faces": {fid: face for p in run.pipelines.values()

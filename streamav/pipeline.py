@@ -616,22 +616,28 @@ class LivePipeline:
         """One frame, whole: the front end, then the model and what follows."""
         self._finish_frame(self._front(frame, t_pickup))
 
+    def _frame_audio(self, frame: VideoFrame, t_pickup: int
+                     ) -> tuple[np.ndarray | None, float | None, int | None, int | None]:
+        """Record the frame's decode and queue times; its audio window's (spectrum, level dBFS,
+        skew ns, end sample index), all None without audio."""
+        record = self.stats.latency.record_ns
+        record("decode", frame.decode_ns)
+        record("queue", t_pickup - frame.t_capture_ns)
+        if not self.has_audio:
+            return None, None, None, None
+        window = self._ring.audio.window_ending_at(frame.t_media_ns,
+                                                   self.config.spectrum.window_samples)
+        t0 = now_ns()
+        spectrum = self.spectrum.step(window.samples)
+        record("spectrum", now_ns() - t0)
+        return (spectrum, self.spectrum.level_dbfs(window.samples), window.skew_ns,
+                window.end_index)
+
     def _front(self, frame: VideoFrame, t_pickup: int) -> _FrontResult:
         """Worker thread: the frame's audio window, spectrum and face, its `face` message, and
         a reset when the face has been gone too long."""
         record = self.stats.latency.record_ns
-        record("decode", frame.decode_ns)
-        record("queue", t_pickup - frame.t_capture_ns)
-        spectrum = level = skew_ns = audio_end = None
-        if self.has_audio:
-            window = self._ring.audio.window_ending_at(
-                frame.t_media_ns, self.config.spectrum.window_samples)
-            t0 = now_ns()
-            spectrum = self.spectrum.step(window.samples)
-            record("spectrum", now_ns() - t0)
-            level = self.spectrum.level_dbfs(window.samples)
-            skew_ns = window.skew_ns
-            audio_end = window.end_index
+        spectrum, level, skew_ns, audio_end = self._frame_audio(frame, t_pickup)
         t0 = now_ns()
         face = self.face.step(frame.image_bgr)
         record("face", now_ns() - t0)

@@ -284,9 +284,18 @@ def test_two_faces_are_two_streams_that_keep_their_people(clips, slots):
         assert len(gaps) >= GONE
         assert np.median(gaps) < W_MEDIAN and gaps.max() < W_MAX, (np.median(gaps), gaps.max())
         assert np.median(control) > 5 * W_MEDIAN  # the bound tells the two people apart
-        tops = [r.model.emotion.top == own[r.frame.seq].model.emotion.top
-                for r in stream if r.model is not None]
-        assert np.mean(tops) >= 0.9
+        # emotion: the probabilities, not the top label (on a new face they are near-uniform and
+        # uncertain, where a 0.01 difference can swap the top); own clip closer than the other's
+        own_l1 = [np.abs(np.subtract(r.model.emotion.probs, own[r.frame.seq].model.emotion.probs)).sum()
+                  for r in stream if r.model is not None and own.get(r.frame.seq) is not None
+                  and own[r.frame.seq].model is not None]
+        other_l1 = [np.abs(np.subtract(r.model.emotion.probs, other[r.frame.seq].model.emotion.probs)).sum()
+                    for r in stream if r.model is not None and r.frame.seq in other
+                    and other[r.frame.seq].model is not None]
+        # measured: median 0.003 / 0.058 (left / right face) against its own clip, largest on the
+        # first frames while the baseline learns the face; 0.77 against the other clip
+        assert len(own_l1) >= GONE and np.median(own_l1) < 0.15
+        assert np.median(own_l1) < np.median(other_l1) / 5
         for r in stream:  # the crop is its own speaker's, every frame
             if r.face.found and own[r.frame.seq].face.found and other[r.frame.seq].face.found:
                 crop = r.face.crop_rgb.astype(np.int16)

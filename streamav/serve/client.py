@@ -35,7 +35,7 @@ from streamav.config import LiveConfig
 from streamav.errors import EndpointError
 from streamav.frontend.face import mesh_in_crop
 from streamav.model_stage import DEFAULT_FPS
-from streamav.multi_live import MultiRun, StreamInput, check_multi_config
+from streamav.multi_live import MultiRun, StreamInput, check_multi_config, run_all, summary_of
 from streamav.pipeline import FrameResult
 from streamav.serve.frames import (KIND_REFUSED, FrameInputs, decode_refusal, encode_command,
                                    encode_forward, encode_frame)
@@ -226,22 +226,9 @@ def run_remote(config: LiveConfig, streams: list[StreamInput], endpoint: str,
     run = MultiRun(config, publisher=ForwardingPublisher(link, config.publish.stream_id or
                                                          "streamav-remote"),
                    on_frame=on_frame)
-    for stream in streams:
-        run.stream_config(stream)  # every stream's source checked before anything is opened
-    if signals is not None:
-        signals.pipeline = run
-    try:
-        run.start()
-        for stream in streams:
-            run.add(stream)
-        summaries = run.wait()
-    finally:
-        run.close()
+    summaries = run_all(run, streams, signals)
     log.info("sent %d messages to %s, %d dropped", link.sent, endpoint, link.dropped)
-    return {"streams": {sid: (s.final_stats if s is not None else None)
-                        for sid, s in summaries.items()},
-            "stop_reasons": {sid: (s.stop_reason if s is not None else None)
-                             for sid, s in summaries.items()},
+    return {**summary_of(summaries),
             "refused": sorted(set(run.refused) | set(refused)),
             "errors": {sid: str(e) for sid, e in run.errors.items()},
             "engine": f"streamav serve at {endpoint}", "slots": len(streams),
