@@ -119,6 +119,9 @@ def _run_once(overrides: dict, on_frame=None, offline_camera: bool = False) -> R
     for topic in (b"status", b"latent"):
         sub.setsockopt(zmq.SUBSCRIBE, topic)
     sub.setsockopt(zmq.RCVHWM, 100_000)
+    # the publisher binds inside run(), ~0.1-1 s before `started` since the CPU default loads no
+    # PyTorch: retry the connection every 5 ms, not ZeroMQ's default 100 ms
+    sub.setsockopt(zmq.RECONNECT_IVL, 5)
     sub.connect(endpoint)
     try:
         pipeline.run()
