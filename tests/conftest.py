@@ -48,6 +48,19 @@ def one_torch_thread():
 TINY_PRESET = "tiny-test"
 
 
+@pytest.fixture(scope="module")
+def shipped_model():
+    """The model that ships in the package (the real trained weights), fp32, eval mode."""
+    pytest.importorskip("torch")
+    from streamav.data import default_model_folder
+    from streamav.model.io import load_model
+
+    folder = default_model_folder()
+    if not (folder / "config.json").is_file():
+        pytest.skip("no model shipped in this checkout")
+    return load_model(folder).float().eval()
+
+
 def tiny_config():
     """The default preset's architecture with every width divided by 4 to 16: for tests that
     check the machinery (evaluation, engines, benchmarks), not the model, on 2 shared cores."""
@@ -102,3 +115,34 @@ def default_sigint() -> None:
     gets the default dispositions of a terminal's shell."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
+
+
+class RandomFrames:
+    """EngineInputs of fixed random frames (power spectra and faces in the model's ranges): for
+    an engine build's own parity check where the test compares the outputs itself."""
+
+    def reference_frames(self, frames: int, cache_dir=None):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        spectra = rng.gamma(1.0, 1e-3, (frames, 513)).astype(np.float32)
+        faces = rng.uniform(-0.5, 0.5, (frames, 3, 64, 64)).astype(np.float32)
+        return spectra, faces
+
+    def reference_source(self) -> str:
+        return "random frames (a test)"
+
+    def calibration(self):
+        raise AssertionError("fp32 engines calibrate nothing")
+
+
+def drain(sub, wait_ms: int = 200) -> list:
+    """Every message a subscriber still has (decoded), until it is quiet for `wait_ms`; then
+    closes it."""
+    from streamav.wire.protocol import decode
+
+    messages = []
+    while sub.poll(wait_ms):
+        messages.append(decode(sub.recv_multipart()))
+    sub.close(linger=0)
+    return messages

@@ -15,10 +15,9 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import RandomFrames, tiny_config
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -30,22 +29,6 @@ from streamav.host import file_sha256  # noqa: E402
 from streamav.model.streaming import StreamingModel  # noqa: E402
 
 ONNX = EngineChoice("onnx")
-
-
-class RandomFrames:
-    """EngineInputs of fixed random frames: power spectra and faces in the model's ranges."""
-
-    def reference_frames(self, frames: int, cache_dir=None):
-        rng = np.random.default_rng(0)
-        spectra = rng.gamma(1.0, 1e-3, (frames, 513)).astype(np.float32)
-        faces = rng.uniform(-0.5, 0.5, (frames, 3, 64, 64)).astype(np.float32)
-        return spectra, faces
-
-    def reference_source(self) -> str:
-        return "random frames (a test)"
-
-    def calibration(self):
-        raise AssertionError("fp32 ONNX engines calibrate nothing")
 
 
 INPUTS = RandomFrames()

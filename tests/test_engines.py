@@ -43,18 +43,6 @@ def _model(seed: int = 0) -> StreamingModel:
 
 
 @pytest.fixture(scope="module")
-def shipped_model():
-    """The model that ships in the package (the real trained weights)."""
-    from streamav.model.io import load_model
-    from streamav.data import default_model_folder
-
-    folder = default_model_folder()
-    if not (folder / "config.json").is_file():
-        pytest.skip("no model shipped in this checkout")
-    return load_model(folder).float().eval()
-
-
-@pytest.fixture(scope="module")
 def real_frames(tmp_path_factory):
     """379 real frames: the calibration recordings through the live front end."""
     spectra, faces = INPUTS.reference_frames(300, tmp_path_factory.mktemp("frames"))

@@ -22,17 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def shipped_model():
-    from streamav.data import default_model_folder
-    from streamav.model.io import load_model
-
-    folder = default_model_folder()
-    if not (folder / "config.json").is_file():
-        pytest.skip("no model shipped in this checkout")
-    return load_model(folder).float().eval()
-
-
-@pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     return INPUTS.reference_frames(120, tmp_path_factory.mktemp("frames"))
 

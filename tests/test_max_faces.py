@@ -47,9 +47,8 @@ from streamav.live import build_pipeline
 from streamav.model_runner import ShippedBatchEngine
 from streamav.multi_live import MultiRun, StreamInput
 from streamav.stream_slots import SlotRunner
-from streamav.wire.protocol import decode
 
-from conftest import SHARED_DATA, free_tcp_port
+from conftest import SHARED_DATA, drain, free_tcp_port
 
 GRID = SHARED_DATA / "grid"
 FPS = 25
@@ -233,10 +232,7 @@ def test_two_faces_are_two_streams_that_keep_their_people(clips, slots):
         summaries = run.wait()
     finally:
         run.close()
-    messages = []
-    while sub.poll(200):
-        messages.append(decode(sub.recv_multipart()))
-    sub.close(linger=0)
+    messages = drain(sub)
 
     face0, face1, face2 = (face_stream_id("cam", i) for i in range(3))
     assert not run.errors and not run.refused
@@ -325,10 +321,7 @@ def test_a_face_beyond_the_slots_is_refused_and_the_other_goes_on(clips):
         run.wait()
     finally:
         run.close()
-    messages = []
-    while sub.poll(200):
-        messages.append(decode(sub.recv_multipart()))
-    sub.close(linger=0)
+    messages = drain(sub)
 
     assert run.refused == ["cam/face1"] and not run.errors and one_slot.streams == 0
     on_face1 = [(m.topic, m.body.state) for m in messages if m.stream == "cam/face1"]

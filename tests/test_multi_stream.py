@@ -26,28 +26,11 @@ from streamav.data import demo_clip_path, default_model_folder
 from streamav.engines.choice import EngineChoice
 from streamav.live import build_pipeline
 from streamav.multi_live import MultiRun, StreamInput, parse_stream_list, stream_inputs
-from streamav.wire.protocol import decode
 
-from conftest import CREMA_D_CLIPS, free_tcp_port
+from conftest import CREMA_D_CLIPS, RandomFrames, drain, free_tcp_port
 
 N_A, N_B = 14, 6
 TIGHT = 1e-4  # batch-2 export vs the shipped batch-1 step: float32 rounding only
-
-
-class _RandomFrames:
-    """Engine-build inputs for the batch-2 engine's own parity check (a build detail here; the
-    test compares the live outputs itself)."""
-
-    def reference_frames(self, frames, cache_dir=None):
-        rng = np.random.default_rng(0)
-        return (rng.random((frames, 513), np.float32),
-                (rng.random((frames, 3, 64, 64), np.float32) - 0.5))
-
-    def reference_source(self) -> str:
-        return "random (test)"
-
-    def calibration(self):
-        raise AssertionError("fp32 needs no calibration")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +43,7 @@ def slots():
     from streamav.model_runner import open_slots
 
     choice = EngineChoice("onnx", "cpu", "fp32", 2)
-    build_or_load(load_model(default_model_folder()), choice, EngineCache(), _RandomFrames(),
+    build_or_load(load_model(default_model_folder()), choice, EngineCache(), RandomFrames(),
                   parity_frames=8)
     return open_slots(default_model_folder(), EngineChoice("onnx"), 2)
 
@@ -130,10 +113,7 @@ def test_streams_join_leave_are_refused_and_match_their_runs_alone(slots):
         summaries = run.wait()
     finally:
         run.close()
-    messages = []
-    while sub.poll(200):
-        messages.append(decode(sub.recv_multipart()))
-    sub.close(linger=0)
+    messages = drain(sub)
 
     assert run.refused == ["d"] and not run.errors
     assert {sid: s.final_stats["frames"] for sid, s in summaries.items()} == {

@@ -40,7 +40,7 @@ from streamav.live import build_pipeline
 from streamav.serve.frames import FrameInputs, decode_frame, encode_frame
 from streamav.wire.protocol import decode
 
-from conftest import SHARED_DATA, free_tcp_port, streamav_command
+from conftest import SHARED_DATA, RandomFrames, free_tcp_port, streamav_command
 
 FRAMES = 30  # per clip
 CAPACITY = 8  # slots per replica: the survivor takes the moved streams at once
@@ -49,29 +49,13 @@ GRID = sorted((SHARED_DATA / "grid").glob("*.mpg"))
 CLIPS = [demo_clip_path(), *GRID[:7]]
 
 
-class _RandomFrames:
-    """Engine-build inputs for the batch-8 engine's own parity check (a build detail here; the
-    test compares the outputs itself)."""
-
-    def reference_frames(self, frames, cache_dir=None):
-        rng = np.random.default_rng(0)
-        return (rng.random((frames, 513), np.float32),
-                (rng.random((frames, 3, 64, 64), np.float32) - 0.5))
-
-    def reference_source(self) -> str:
-        return "random (test)"
-
-    def calibration(self):
-        raise AssertionError("fp32 needs no calibration")
-
-
 def _build_engine(batch: int) -> None:
     from streamav.engines import EngineCache
     from streamav.engines.registry import build_or_load
     from streamav.model.io import load_model
 
     build_or_load(load_model(default_model_folder()), EngineChoice("onnx", "cpu", "fp32", batch),
-                  EngineCache(), _RandomFrames(), parity_frames=8)
+                  EngineCache(), RandomFrames(), parity_frames=8)
 
 
 def _alone(video: Path) -> list:
