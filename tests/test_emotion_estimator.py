@@ -115,6 +115,38 @@ def test_a_profile_helps_and_round_trips(fitted, tmp_path, monkeypatch):
         profiles.check_name("../etc")
 
 
+def test_with_three_clips_a_label_cross_validation_decides_the_person_head(fitted):
+    """Leave-one-clip-per-label-out on the calibration clips: a person the population head reads
+    gets no head of their own; one whose expressions are the population's shuffled gets one,
+    and it reads their other clips right."""
+    typical = _people(1, 4, clips_per_label=4)
+    assert fit_profile(fitted, "typical", typical[::4] + typical[1::4] + typical[2::4]
+                       ).weights is None
+    shifted = [ClipFrames(c.clip_id, c.speaker, LABELS[(LABELS.index(c.label) + 1) % len(LABELS)],
+                          c.fps, c.features, c.face_found) for c in _people(1, 5, clips_per_label=4)]
+    calibration = [c for c in shifted if c.clip_id.endswith(("-0", "-1", "-2"))]
+    tests = [c for c in shifted if c.clip_id.endswith("-3")]
+    profile = fit_profile(fitted, "shifted", calibration)
+    assert profile.weights is not None and profile.population_accuracy < 0.5
+    right = 0
+    for clip in tests:
+        stream = EmotionStream(fitted, clip.fps, profile)
+        readings = [stream.step(x) for x in clip.features]
+        right += readings[-1].top == clip.label
+    assert right >= len(tests) - 1
+    # with two clips a label the accuracy rule decides (each fold would fit on one clip)
+    two = [c for c in calibration if not c.clip_id.endswith("-2")]
+    assert fit_profile(fitted, "shifted", two).weights is not None
+    # a person whose clips of one label show different expressions: the population head misreads
+    # two thirds of them (the accuracy rule fits a head), but a head fitted on some clips does
+    # not read the others any better (cross-validation declines it)
+    mixed = [ClipFrames(c.clip_id, c.speaker,
+                        LABELS[(LABELS.index(c.label) - int(c.clip_id[-1])) % len(LABELS)],
+                        c.fps, c.features, c.face_found) for c in _people(1, 6, clips_per_label=3)]
+    assert fit_profile(fitted, "mixed", mixed, choose="accuracy").weights is not None
+    assert fit_profile(fitted, "mixed", mixed).weights is None
+
+
 def test_estimator_files_round_trip(fitted, tmp_path):
     fitted.save(tmp_path)
     loaded = EmotionEstimator.load(tmp_path)
