@@ -26,6 +26,9 @@ reconstruction of both on a few val clips.
 
     nice -n 10 .venv/bin/python scripts/ablate_mdvae_geometry.py --minutes 40
     (--minutes 2 --out out/geom_mdvae/smoke for a smoke run; --skip-train to only measure)
+    nice -n 10 .venv/bin/python scripts/ablate_mdvae_geometry.py --control --minutes 40 \
+        --out out/geom_mdvae/control   (the same fine-tuning with no geometry: separates what
+                                        geometry brings from what fine-tuning on the corpus does)
 
 Writes OUT/checkpoint.safetensors, OUT/progress.json (loss history), OUT/results.json and
 OUT/results.md.
@@ -65,8 +68,9 @@ GEO_DECODER_HIDDEN = 256
 class GeometryMDVAE(MDVAE):
     """The MDVAE with geometry (standardised, (B, T, 936)) as a third observed modality."""
 
-    def __init__(self, cfg, geo_dim: int = GEOMETRY_DIM) -> None:
+    def __init__(self, cfg, geo_dim: int = GEOMETRY_DIM, use_geometry: bool = True) -> None:
         super().__init__(cfg)
+        self.use_geometry = use_geometry  # False: the control (geometry input zero, not trained)
         W, Zav, Zv = cfg.w_dim, cfg.z_av_dim, cfg.z_v_dim
         self.register_buffer("geo_mean", torch.zeros(geo_dim))
         self.register_buffer("geo_scale", torch.ones(geo_dim))
@@ -80,6 +84,8 @@ class GeometryMDVAE(MDVAE):
 
     def standardise(self, geometry: Tensor, face_found: Tensor) -> Tensor:
         """(…, 936) geometry_features → standardised, 0 (the training mean) where no face."""
+        if not self.use_geometry:
+            return torch.zeros_like(geometry)
         g = (geometry - self.geo_mean) / self.geo_scale
         return g * face_found[..., None].to(g.dtype)
 
@@ -183,12 +189,15 @@ def build_bank(model: StreamingModel, clips: list[ClipSequence], window: int, se
 # Training under a wall-time cap, resumable
 # ---------------------------------------------------------------------------------------------
 
-def variant_from(shipped: StreamingModel, geo_mean: Tensor, geo_scale: Tensor) -> GeometryMDVAE:
-    variant = GeometryMDVAE(shipped.cfg.mdvae)
+GEO_PARTS = ("geo_mean", "geo_scale", "geo_encoder", "geo_to_w", "geo_to_av", "geo_to_v",
+             "decoder_g")
+
+
+def variant_from(shipped: StreamingModel, geo_mean: Tensor, geo_scale: Tensor,
+                 use_geometry: bool = True) -> GeometryMDVAE:
+    variant = GeometryMDVAE(shipped.cfg.mdvae, use_geometry=use_geometry)
     missing, unexpected = variant.load_state_dict(shipped.mdvae.state_dict(), strict=False)
-    new = {n for n in missing if n.split(".")[0] in
-           ("geo_mean", "geo_scale", "geo_encoder", "geo_to_w", "geo_to_av", "geo_to_v",
-            "decoder_g")}
+    new = {n for n in missing if n.split(".")[0] in GEO_PARTS}
     assert not unexpected and set(missing) == new, (missing, unexpected)
     variant.geo_mean.copy_(geo_mean)
     variant.geo_scale.copy_(geo_scale)
@@ -199,7 +208,9 @@ def train(args, shipped: StreamingModel, variant: GeometryMDVAE, bank: dict) -> 
     from streamav.train.loop import load_checkpoint, save_checkpoint
 
     out = Path(args.out)
-    params = list(variant.parameters())
+    # the control trains the plain MDVAE's weights only (its geometry parts stay at zero)
+    params = [p for n, p in variant.named_parameters()
+              if variant.use_geometry or n.split(".")[0] not in GEO_PARTS]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     progress = load_checkpoint(out, variant, optimizer) or {
         "step": 0, "seed": args.seed, "train_seconds": 0.0, "history": {}}
@@ -222,7 +233,7 @@ def train(args, shipped: StreamingModel, variant: GeometryMDVAE, bank: dict) -> 
         terms = mdvae_loss(seq, b["x_v_clean"], b["audio_target"],
                            shipped.audio.decode_log(seq.x_a_hat))
         geo = geometry_se(g_hat, g, face)
-        total = terms.total + args.geo_weight * 0.5 * geo
+        total = terms.total + (args.geo_weight * 0.5 * geo if variant.use_geometry else 0.0)
         if not torch.isfinite(total):
             raise FloatingPointError(f"loss {total.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -312,22 +323,23 @@ def reconstruction(shipped, variant, clips: list[ClipSequence]) -> dict:
     summary = {name: {k: float(np.mean(np.concatenate(v))) for k, v in m.items()}
                for name, m in rows.items()}
     se, var = np.concatenate(geo_se), np.concatenate(geo_var)
-    summary["geometry"]["geometry_se_standardised"] = float(se.mean())
-    summary["geometry"]["geometry_r2_vs_train_mean"] = float(1.0 - se.sum() / var.sum())
+    if variant.use_geometry:  # the control reads and reconstructs no geometry
+        summary["geometry"]["geometry_se_standardised"] = float(se.mean())
+        summary["geometry"]["geometry_r2_vs_train_mean"] = float(1.0 - se.sum() / var.sum())
     summary["clips"] = [c.clip_id for c in clips]
     return summary
 
 
 ROWS = (  # (row name, feature groups, which w)
     ("w (shipped MDVAE)", ("w",), "w_shipped"),
-    ("w (geometry-MDVAE)", ("w",), "w_geometry"),
+    ("w ({variant})", ("w",), "w_geometry"),
     ("geometry", ("geometry",), None),
     ("geometry + prosody (shipped design)", ("geometry", "prosody"), None),
     ("geometry + w (shipped MDVAE) [design b]", ("geometry", "w"), "w_shipped"),
-    ("geometry + w (geometry-MDVAE)", ("geometry", "w"), "w_geometry"),
+    ("geometry + w ({variant})", ("geometry", "w"), "w_geometry"),
     ("geometry + prosody + w (shipped MDVAE) [design b]", ("geometry", "prosody", "w"),
      "w_shipped"),
-    ("geometry + prosody + w (geometry-MDVAE)", ("geometry", "prosody", "w"), "w_geometry"),
+    ("geometry + prosody + w ({variant})", ("geometry", "prosody", "w"), "w_geometry"),
 )
 
 
@@ -363,7 +375,8 @@ def ablation(args, shipped, variant) -> list[dict]:
         test = _labelled(inputs(test_clips, "test"), labels)
         online = new_person_online(fitted, test, seed=args.seed)
         k2 = per_user(fitted, test, ks=(2,), draws=1, seed=args.seed)["by_k"]["2"]["accuracy"]
-        rows.append({"row": name, "groups": list(groups), "w": source,
+        rows.append({"row": name.format(variant=args.variant_name), "groups": list(groups),
+                     "w": source,
                      "online": online["accuracy"], "ece": online["calibration"]["ece"],
                      "per_user_k2": k2, "train_accuracy": fitted.metrics["train_accuracy"],
                      "seconds": round(time.perf_counter() - t1, 1)})
@@ -387,13 +400,16 @@ def markdown(results: dict) -> str:
               "|---|---:|---:|---:|---:|"]
     for name in ("shipped", "geometry"):
         m = rec[name]
-        lines.append(f"| {name} | {m['face_hat_psnr_db']:.2f} | {m['mdvae_face_psnr_db']:.2f} | "
+        label = "shipped" if name == "shipped" else results["variant"]
+        lines.append(f"| {label} | {m['face_hat_psnr_db']:.2f} | {m['mdvae_face_psnr_db']:.2f} | "
                      f"{m['visual_feature_se']:.3f} | {m['audio_lsd_db']:.2f} |")
     g = rec["geometry"]
     tr = results["training"]
-    lines += ["", f"Geometry reconstruction (variant): SE {g['geometry_se_standardised']:.1f} "
-              f"per frame over 936 standardised numbers, R^2 {g['geometry_r2_vs_train_mean']:.3f}.",
-              "", f"Training: {tr['steps']} steps, {tr['train_seconds']:.0f} s, batch "
+    if "geometry_se_standardised" in g:
+        lines += ["", f"Geometry reconstruction ({results['variant']}): "
+                  f"SE {g['geometry_se_standardised']:.1f} per frame over 936 standardised "
+                  f"numbers, R^2 {g['geometry_r2_vs_train_mean']:.3f}."]
+    lines += ["", f"Training: {tr['steps']} steps, {tr['train_seconds']:.0f} s, batch "
               f"{tr['batch']} x {tr['window']} frames, lr {tr['lr']}, geo weight "
               f"{tr['geo_weight']}; loss first/last log: {tr['loss_first']:.1f} / "
               f"{tr['loss_last']:.1f}; geometry SE {tr['geometry_se_first']:.1f} / "
@@ -423,9 +439,13 @@ def main() -> int:
     p.add_argument("--bank", default=None, help="encoded train windows (default "
                    "out/geom_mdvae/bank_wWINDOW.safetensors, made once)")
     p.add_argument("--rows", default=None, help="comma-separated ROWS indices (default all)")
+    p.add_argument("--control", action="store_true",
+                   help="the control: the same fine-tuning without geometry (input zero, no "
+                   "geometry term), to separate geometry from fine-tuning on the corpus")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-ablation", action="store_true")
     args = p.parse_args()
+    args.variant_name = "fine-tuned MDVAE, no geometry" if args.control else "geometry-MDVAE"
     torch.set_num_threads(1)
     os.chdir(ROOT)
     out = Path(args.out)
@@ -450,7 +470,9 @@ def main() -> int:
     results["wall_s"]["encode_windows"] = round(time.perf_counter() - t0, 1)
     print(f"{len(bank['x_a'])} train windows ({results['wall_s']['encode_windows']} s)", flush=True)
 
-    variant = variant_from(shipped, bank["geo_mean"], bank["geo_scale"]).eval()
+    variant = variant_from(shipped, bank["geo_mean"], bank["geo_scale"],
+                           use_geometry=not args.control).eval()
+    results["variant"] = args.variant_name
     check = load_clips(Path(args.cache), "val")[0]
     from streamav.train.sequences import run_clip
     ref_w = run_clip(shipped, check.spectrum, check.face_crop_rgb).w_mean.numpy()
