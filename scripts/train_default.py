@@ -27,7 +27,8 @@ plus `streamav train emotion --cache <synth20 cache>` (5 min: the w head runs th
 480 clips; the estimator's own fit is ~15 s). v2.3 is v2.2's weights unchanged with the
 motion-adaptive filter in the identity path (`--motion-share 0.8`, MDVAE gate threshold 0.25,
 the MDVAE face only inside an ellipse over eyes and mouth; all defaults now; no training:
-set_motion_share rewrites the folder's config). All stages take
+set_motion_share rewrites the folder's config). v2.5 is v2.4 with the filter made
+noise-adaptive (NOISE_ADAPTIVE, again only the config). All stages take
 --device cuda through `streamav train` unchanged.
 """
 
@@ -67,11 +68,18 @@ MDVAE_REGION = (0.49, 0.52, 0.375, 0.344)
 # lost on fresh synthetic speakers (AV under V-only in the mouth box): 1.0, the MDVAE face alone
 # (docs/model.md, "v2.4 candidate").
 MDVAE_FACE_WEIGHT = 1.0
+# ... and the filter's noise adaptation (RefineConfig.motion_noise_adaptive and the fields after
+# it): the thresholds and the blur follow the frame's estimated noise, the frame itself is kept
+# where it differs from the filtered face by more than its noise, and the learned residual is
+# scaled by the noise (and the MDVAE gate). Chosen the same way (docs/model.md, "v2.5").
+NOISE_ADAPTIVE = {"motion_noise_adaptive": True, "motion_threshold": 0.002,
+                  "motion_threshold_per_noise": 0.45, "motion_input_threshold_per_noise": 0.5,
+                  "motion_noise_full_blur": 0.06, "residual_noise_range": (0.02, 0.1)}
 
 
 def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_THRESHOLD) -> None:
-    """Rewrite the model folder with the filter's share, the MDVAE face's gate threshold and
-    region (no weights change; idempotent)."""
+    """Rewrite the model folder with the filter's share and noise adaptation, the MDVAE face's
+    gate threshold and region (no weights change; idempotent)."""
     import dataclasses
 
     from streamav.model.io import load_model, save_model
@@ -83,14 +91,21 @@ def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_TH
                                  motion_share=share if on else trained.cfg.refine.motion_share,
                                  mdvae_gate_threshold=threshold if on else 0.0,
                                  mdvae_region=MDVAE_REGION if on else (),
-                                 mdvae_face_weight=MDVAE_FACE_WEIGHT if on else 1.0)
+                                 mdvae_face_weight=MDVAE_FACE_WEIGHT if on else 1.0,
+                                 **(NOISE_ADAPTIVE if on else {}))
     if refine == trained.cfg.refine:
         return
     shared = StreamingModel(dataclasses.replace(trained.cfg, refine=refine))
     shared.load_state_dict(trained.state_dict())
-    save_model(shared, model, extra=json.loads((model / "config.json").read_text()).get("extra", {}))
+    from safetensors import safe_open
+
+    with safe_open(str(model / "model.safetensors"), framework="pt") as stored:
+        half = stored.get_slice(next(iter(stored.keys()))).get_dtype() == "F16"
+    save_model(shared, model, half=half,
+               extra=json.loads((model / "config.json").read_text()).get("extra", {}))
     print(f"+ motion_share {share}, mdvae_gate_threshold {refine.mdvae_gate_threshold}, "
-          f"mdvae_face_weight {refine.mdvae_face_weight} in {model}", flush=True)
+          f"mdvae_face_weight {refine.mdvae_face_weight}, noise-adaptive "
+          f"{refine.motion_noise_adaptive} in {model}", flush=True)
 
 
 def run(*args: str) -> None:

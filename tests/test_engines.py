@@ -4,6 +4,7 @@ clear errors for backends that cannot run here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -153,6 +154,12 @@ def test_cache_hit_then_misses_on_changed_weights_and_versions(tmp_path):
     identity = engine_identity(model, spec, weights_sha256(model))
     newer = dict(identity, versions=dict(identity["versions"], onnxruntime="99.0"))
     assert identity_key(newer) != identity_key(identity)
+    # ... and so is the same weights with other settings (the identity path's filter, say)
+    refiltered = StreamingModel(dataclasses.replace(
+        model.cfg, refine=dataclasses.replace(model.cfg.refine, motion_share=0.5))).eval()
+    refiltered.load_state_dict(model.state_dict())
+    assert identity_key(engine_identity(refiltered, spec, weights_sha256(refiltered))) != (
+        identity_key(identity))
     assert cache.load(newer) is None and cache.load(identity) is not None
 
 

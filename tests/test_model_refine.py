@@ -3,6 +3,7 @@ answer is known, and model folders written before it existed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,10 +99,13 @@ def test_a_shared_filter_takes_its_share_of_every_gate_but_the_mdvae_faces(share
 def test_a_folder_written_before_the_motion_filter_loads_without_it():
     data = preset("default").to_dict()
     for key in ("motion_filter", "motion_filter_sigma_px", "motion_threshold", "motion_blur_px",
-                "motion_share"):
+                "motion_share", "motion_noise_adaptive", "motion_threshold_per_noise",
+                "motion_input_threshold_per_noise", "motion_noise_full_blur",
+                "residual_noise_range"):
         del data["refine"][key]
     cfg = ModelConfig.from_dict(json.loads(json.dumps(data)))
     assert cfg.refine.motion_filter is False
+    assert cfg.refine.motion_noise_adaptive is False and cfg.refine.residual_noise_range == ()
     with pytest.raises(ValueError, match="missing keys"):
         del data["refine"]["blur_sigma_px"]
         ModelConfig.from_dict(data)
@@ -179,3 +183,73 @@ def test_the_kept_gate_blends_the_mdvae_and_vq_faces_by_mdvae_face_weight():
     assert torch.allclose(a, alone._share_with_filter((1 - g) * others, gate, mdvae_face,
                                                       state.face_means), atol=0)
     assert torch.allclose(b - a, g * 0.5 * (vq_face - mdvae_face), atol=1e-6)
+
+
+ADAPTIVE = RefineConfig(motion_filter=True, motion_noise_adaptive=True, motion_threshold=0.002,
+                        residual_noise_range=(0.02, 0.1))
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * np.log10(1.0 / _mse(a, b))
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.1, 0.2])
+def test_the_noise_level_reads_gaussian_noise_and_not_the_face(sigma):
+    """Immerkaer's estimate on the channel mean: sigma / sqrt(3) for noise of std sigma in
+    each channel; a smooth clean face reads almost nothing."""
+    refiner = Refiner(ADAPTIVE, FPS)
+    clean = _face(0)
+    noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
+    assert float(refiner.noise_level(clean)) < 0.005
+    assert float(refiner.noise_level(noisy)) == pytest.approx(sigma / np.sqrt(3), rel=0.1)
+
+
+def test_the_noise_adaptive_filter_returns_a_clean_face_as_it_is():
+    """The fixed filter blurs its means (0.8 px) whatever the input; the adaptive one blurs as
+    much as the noise asks, so a clean face that moves comes back (nearly) as it is."""
+    fixed, adaptive = Refiner(RefineConfig(motion_filter=True), FPS), Refiner(ADAPTIVE, FPS)
+    frames = [torch.roll(_face(0), shifts=t // 4, dims=-1) for t in range(60)]  # drifts right
+    state = adaptive.initial_state(1)
+    for frame in frames:
+        state = adaptive.advance(frame, state)
+    kept = _psnr(adaptive.motion_filtered(state.face_means, frames[-1]), frames[-1])
+    blurred = _psnr(fixed.motion_filtered(state.face_means), frames[-1])
+    assert kept > 40.0 and kept > blurred + 8.0, (kept, blurred)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.2])
+def test_the_noise_adaptive_filter_averages_a_noisy_still_face(sigma):
+    refiner = Refiner(ADAPTIVE, FPS)
+    clean = _face(0)
+    rng = torch.Generator().manual_seed(3)
+    noisy = [clean + sigma * torch.randn(clean.shape, generator=rng) for _ in range(90)]
+    state = refiner.initial_state(1)
+    for frame in noisy:
+        state = refiner.advance(frame, state)
+    # 3 s of a still face: ~45 frames' worth of averaging is 16 dB; the frame itself is 0 dB
+    assert _psnr(refiner.motion_filtered(state.face_means, noisy[-1]), clean) > (
+        _psnr(noisy[-1], clean) + 12.0)
+
+
+def test_the_residual_follows_the_noise_level_and_the_mdvae_gate():
+    """residual_noise_range (low, high): no residual on a clean face, all of it from high up,
+    and never less than the MDVAE face's gate (where the gates see an occluder)."""
+    ranged = Refiner(ADAPTIVE, FPS)
+    with torch.no_grad():
+        ranged.head.weight.zero_()
+        ranged.head.bias[ranged.n_candidates:] = 1.0  # a residual of 0.2 tanh(1) everywhere
+    whole = Refiner(dataclasses.replace(ADAPTIVE, residual_noise_range=()), FPS)
+    clean = _face(0)
+    noisy = clean + 0.3 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(4))
+    for mdvae_bias, face, same in ((-20.0, clean, False), (-20.0, noisy, True),
+                                   (20.0, clean, True)):
+        with torch.no_grad():
+            ranged.head.bias[ranged.n_candidates - 1] = mdvae_bias
+        whole.load_state_dict(ranged.state_dict())
+        state = ranged.advance(face, ranged.initial_state(1))
+        args = (face, state.face_means, _face(6), _face(7))
+        with torch.no_grad():
+            difference = (ranged.fuse(*args) - whole.fuse(*args)).abs().max()
+        assert (float(difference) < 1e-6) == same, (mdvae_bias, same, float(difference))
+    with pytest.raises(ValueError, match="residual_noise_range"):
+        RefineConfig(motion_filter=True, residual_noise_range=(0.1, 0.05)).validate()

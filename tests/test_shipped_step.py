@@ -27,6 +27,7 @@ from conftest import REPO, cli_env
 from streamav.engines.shipped import STEP_FILE, STEP_MANIFEST, find_shipped_step
 from streamav.errors import MissingDependencyError
 from streamav.host import file_sha256
+from streamav.model.config import ModelConfig
 from streamav.model_stage import default_model_folder
 
 MAX_BYTES = 20 * 1024 * 1024
@@ -54,6 +55,8 @@ def shipped():
 def test_the_shipped_step_was_made_from_the_shipped_weights_and_is_small(shipped):
     folder = default_model_folder()
     assert shipped.manifest["source"]["weights_sha256"] == file_sha256(folder / "model.safetensors")
+    settings = ModelConfig.from_dict(json.loads((folder / "config.json").read_text())["model"])
+    assert shipped.manifest["source"]["config_sha256"] == settings.sha256()
     assert shipped.manifest["sha256"] == file_sha256(shipped.path)
     assert shipped.path.stat().st_size < MAX_BYTES
     config = json.loads((folder / "config.json").read_text())
@@ -121,6 +124,13 @@ def test_a_stale_or_corrupt_step_is_refused_with_the_reason(tmp_path, monkeypatc
     monkeypatch.setattr(model_runner, "torch_importable", lambda: False)
     with pytest.raises(MissingDependencyError, match="stale"):
         open_runner(folder, EngineChoice())
+
+    folder = _copy_model(tmp_path / "settings")  # same weights, the filter's settings changed
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["refine"]["motion_share"] = 0.5
+    (folder / "config.json").write_text(json.dumps(config))
+    step, why = find_shipped_step(folder)
+    assert step is None and "other settings" in why and "export_step.py" in why
 
     folder = _copy_model(tmp_path / "b")
     with open(folder / STEP_FILE, "r+b") as f:

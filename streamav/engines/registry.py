@@ -87,6 +87,7 @@ def engine_identity(model: StreamingModel, spec: EngineChoice, weights_hash: str
     return {
         "backend": spec.backend, "device": spec.device, "precision": spec.precision,
         "batch": spec.batch, "weights_sha256": weights_hash, "preset": cfg.preset,
+        "config_sha256": cfg.sha256(),
         "export_format": EXPORT_FORMAT,
         "inputs": {"spectrum": [spec.batch, cfg.audio.n_bins], "face": [spec.batch, 3, 64, 64],
                    **{n: list(t.shape) for n, t in zip(EXPORT_INPUT_NAMES[2:],

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from streamav.engines.choice import EngineChoice
 from streamav.host import file_sha256
+from streamav.model.config import ModelConfig
 from streamav.model.folder import CONFIG_FILE, WEIGHTS_FILE
 
 STEP_FILE = "step.onnx"
@@ -97,9 +98,18 @@ def find_shipped_step(folder: Path) -> tuple[ShippedStep | None, str]:
         return None, (f"{path.name} was made from other weights than {weights.name} "
                       f"(stale: {REGENERATE_HINT})")
     try:
-        labels = json.loads((folder / CONFIG_FILE).read_text()).get("labels")
+        config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError):
-        labels = None
+        config = {}
+    labels = config.get("labels")
     if labels is not None and labels != manifest.get("labels"):
         return None, f"{STEP_MANIFEST} labels differ from {CONFIG_FILE}'s"
+    if "config_sha256" in source and "model" in config:
+        try:
+            config_hash = ModelConfig.from_dict(config["model"]).sha256()
+        except (TypeError, ValueError):
+            config_hash = None
+        if config_hash != source["config_sha256"]:
+            return None, (f"{path.name} was made with other settings than {CONFIG_FILE}'s "
+                          f"(stale: {REGENERATE_HINT})")
     return ShippedStep(path, manifest), "ok"

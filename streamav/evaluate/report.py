@@ -7,7 +7,7 @@ Passes over the clips of the split (each clip read from its shard when it is run
    disentanglement, the model's own emotion head;
 2. sequences for the few-shot heads when they are not whole clips: fixed-length segments, or
    clip halves for the within-actor protocol, each run from a fresh state;
-3. denoising on at most `denoise_clips` clips, 12 runs each (clean and 5 corruptions, AV and
+3. denoising on at most `denoise_clips` clips, 14 runs each (clean and 6 corruptions, AV and
    V-only).
 Everything is seeded: the same inputs and settings give the same JSON (but `wall_s`, `timing_s`
 and `created_utc`).
@@ -52,7 +52,7 @@ class EvalSettings:
     split: str = "test"
     seed: int = 0
     max_clips: int | None = 300  # clips of the split run for latents, heads, disentanglement
-    denoise_clips: int = 12  # clips for the denoising metrics (12 runs each), spread over speakers
+    denoise_clips: int = 12  # clips for the denoising metrics (14 runs each), spread over speakers
     denoise_max_frames: int = 150  # first frames of each of those clips (5 s at 30 fps)
     corruptions: tuple[str, ...] = EVAL_CORRUPTIONS
     k_shots: tuple[int, ...] = (1, 5, 10)

@@ -107,7 +107,7 @@ _DEFAULT_PARAM = {"gaussian": 0.1, "blur": 1.5, "jpeg": 15.0}
 _PARAM_RANGE = {"gaussian": (0.0, 1.0), "blur": (0.1, 32.0), "jpeg": (0.0, 100.0)}
 
 # The corruptions `streamav eval` reports, in order.
-EVAL_CORRUPTIONS = ("gaussian:0.1", "gaussian:0.2", "occlude_mouth", "occlude_eyes", "lowlight")
+EVAL_CORRUPTIONS = ("gaussian:0.05", "gaussian:0.1", "gaussian:0.2", "occlude_mouth", "occlude_eyes", "lowlight")
 
 
 def parse_corruption(spec: str) -> Corruption:

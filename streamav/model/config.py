@@ -11,6 +11,8 @@ see docs/model.md for the MAC counts and the reasons.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -191,6 +193,23 @@ class RefineConfig:
     motion_filter_sigma_px: float = 0.8  # blur of the means it blends
     motion_threshold: float = 0.04  # mean |difference| of blurred means at which a pixel moves
     motion_blur_px: float = 2.0  # spatial smoothing of that difference
+    # Noise-adaptive filter (off in folders made before it): the threshold becomes
+    # motion_threshold + motion_threshold_per_noise x the frame's estimated noise (Immerkaer's
+    # 3x3 estimate on the channel mean, in the crop's 0..1 units), the means are blurred
+    # (motion_filter_sigma_px) only as much as that noise asks (fully from
+    # motion_noise_full_blur up, not at all on a clean frame), and the input frame is kept
+    # where it differs from the filtered face by more than motion_threshold +
+    # motion_input_threshold_per_noise x the noise. A fixed threshold set for sigma 0.2
+    # averaged too little at 0.3 and blurred clean and lightly noisy faces (docs/model.md, "v2.5")
+    motion_noise_adaptive: bool = False
+    motion_threshold_per_noise: float = 0.45
+    motion_input_threshold_per_noise: float = 0.4
+    motion_noise_full_blur: float = 0.06
+    # With the filter: the learned residual is scaled from 0 at this noise (Immerkaer's estimate,
+    # as above) to 1 at this one, and never below the MDVAE face's gate (occluders, dark frames).
+    # Learned on mostly corrupted windows, it costs 6-8 dB on a clean face and gains ~1 dB at
+    # sigma 0.2 (docs/model.md, "v2.5"). (): always whole
+    residual_noise_range: tuple[float, ...] = ()
     # The filter's share of the weight the learned gates give to every candidate but the MDVAE's
     # face (where the gates trust the voice-driven face, e.g. an occluded mouth, it takes nothing)
     motion_share: float = 0.8
@@ -218,6 +237,13 @@ class RefineConfig:
         _check(self.residual_scale >= 0, "refine residual_scale must be >= 0")
         _check(self.motion_filter_sigma_px > 0 and self.motion_threshold > 0
                and self.motion_blur_px > 0, "refine motion filter settings must be positive")
+        _check(self.motion_threshold_per_noise >= 0 and self.motion_input_threshold_per_noise >= 0
+               and self.motion_noise_full_blur > 0,
+               "refine motion noise settings must be >= 0 (per noise) and > 0 (full blur)")
+        _check(len(self.residual_noise_range) in (0, 2) and (
+            not self.residual_noise_range
+            or 0 <= self.residual_noise_range[0] < self.residual_noise_range[1]),
+               "refine residual_noise_range must be () or (low, high) with 0 <= low < high")
         _check(0.0 < self.motion_share <= 1.0, "refine motion_share must be in (0, 1]")
         _check(0.0 <= self.mdvae_gate_threshold <= 0.5,
                "refine mdvae_gate_threshold must be in 0..0.5")
@@ -257,6 +283,12 @@ class ModelConfig:
         """Plain JSON-able dict (tuples become lists)."""
         return asdict(self)
 
+    def sha256(self) -> str:
+        """A hash of everything the config sets: with the weights' hash it names what a step
+        computes (settings change without the weights, e.g. the identity path's filter)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Inverse of `to_dict`. Unknown or missing keys raise ValueError naming them."""
@@ -291,7 +323,9 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 _OPTIONAL_KEYS: dict[type, set[str]] = {
     RefineConfig: {"motion_filter", "motion_filter_sigma_px", "motion_threshold",
-                     "motion_blur_px", "motion_share", "mdvae_gate_threshold", "mdvae_region",
+                     "motion_blur_px", "motion_noise_adaptive", "motion_threshold_per_noise",
+                     "motion_input_threshold_per_noise", "motion_noise_full_blur",
+                     "residual_noise_range", "motion_share", "mdvae_gate_threshold", "mdvae_region",
                      "mdvae_face_weight"},
 }
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,

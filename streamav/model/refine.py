@@ -81,6 +81,11 @@ class Refiner(nn.Module):
                                  persistent=False)
             self.register_buffer("motion_blur_kernel", gaussian_kernel(cfg.motion_blur_px)[:1],
                                  persistent=False)
+            # Immerkaer (1996): a 3x3 kernel blind to planes and ramps; the mean |response| of
+            # white noise of std s is 6 s sqrt(2 / pi)
+            self.register_buffer("noise_kernel", torch.tensor(
+                [[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])[None, None]
+                * (math.sqrt(math.pi / 2.0) / 6.0), persistent=False)
         if cfg.mdvae_region:
             self.register_buffer("mdvae_region", ellipse_mask(cfg.mdvae_region, 64),
                                  persistent=False)
@@ -131,7 +136,14 @@ class Refiner(nn.Module):
         return F.conv2d(F.pad(images, (pad,) * 4, mode="replicate"), kernel,
                         groups=images.shape[1])
 
-    def motion_filtered(self, means: Tensor) -> Tensor:
+    def noise_level(self, face: Tensor) -> Tensor:
+        """(N, 3, H, W) → (N, 1, 1, 1): the frame's noise, Immerkaer's estimate on the channel
+        mean (0..1 units; a sigma-s gaussian noise reads ~s / sqrt(3), a clean face ~0.004)."""
+        response = F.conv2d(face.mean(1, keepdim=True), self.noise_kernel).abs()
+        return response.mean((1, 2, 3), keepdim=True)
+
+    def motion_filtered(self, means: Tensor, face: Tensor | None = None,
+                        noise: Tensor | None = None) -> Tensor:
         """(N, 3n, 64, 64) running means → (N, 3, 64, 64): per pixel, the longest-averaging
         blurred mean that still agrees with the shortest one.
 
@@ -140,16 +152,43 @@ class Refiner(nn.Module):
         `motion_blur_px`) the face is still there and the longer one is used; where they differ,
         the face moved and the shorter one is kept. Measured alone at gaussian 0.2: 29.9 dB on
         held-out GRID faces (blur + temporal mean at its best: 29.2) and 28.2 dB on fresh
-        synthetic speakers (27.3-27.4); docs/model.md."""
-        blurred = self.blur(means, self.motion_kernel).reshape(means.shape[0], -1, 3,
-                                                               *means.shape[-2:])
+        synthetic speakers (27.3-27.4); docs/model.md. With `motion_noise_adaptive` (needs
+        `face`, the input frame) the thresholds and the blur follow the frame's noise
+        (`noise_level`), and the frame itself is kept where it differs from the filtered one by
+        more than its noise explains (a clean frame comes back as it is)."""
+        threshold: Tensor | float = self.cfg.motion_threshold
+        if self.cfg.motion_noise_adaptive:
+            assert face is not None, "the noise-adaptive filter reads the input frame"
+            noise = self.noise_level(face) if noise is None else noise  # (N, 1, 1, 1)
+            threshold = threshold + self.cfg.motion_threshold_per_noise * noise
+            blur_share = torch.clamp(noise / self.cfg.motion_noise_full_blur, 0.0, 1.0)
+            candidates = means + blur_share * (self.blur(means, self.motion_kernel) - means)
+        else:
+            candidates = self.blur(means, self.motion_kernel)
+        blurred = candidates.reshape(means.shape[0], -1, 3, *means.shape[-2:])
         shortest, filtered = blurred[:, 0], blurred[:, 0]
         for k in range(1, blurred.shape[1]):  # from the shortest to the longest mean
-            difference = (blurred[:, k] - shortest).abs().mean(1, keepdim=True)
-            still = torch.clamp(1.0 - self.blur(difference, self.motion_blur_kernel)
-                                / self.cfg.motion_threshold, 0.0, 1.0)
-            filtered = still * blurred[:, k] + (1.0 - still) * filtered
+            filtered = self._where_still(blurred[:, k], shortest, filtered, threshold)
+        if self.cfg.motion_noise_adaptive:  # the frame itself where it differs more than noise
+            input_threshold = (self.cfg.motion_threshold
+                               + self.cfg.motion_input_threshold_per_noise * noise)
+            # signed difference smoothed before its magnitude: noise averages out, motion and
+            # detail do not; all of the frame from twice the threshold, none under it
+            difference = self.blur((face - filtered).mean(1, keepdim=True),
+                                   self.motion_blur_kernel).abs()
+            moved = torch.clamp(difference / input_threshold - 1.0, 0.0, 1.0)
+            filtered = filtered + moved * (face - filtered)
         return filtered
+
+    def _where_still(self, longer: Tensor, reference: Tensor, otherwise: Tensor,
+                     threshold: Tensor | float) -> Tensor:
+        """Per pixel: `longer` where it agrees with `reference` (channel mean of |difference|,
+        smoothed over `motion_blur_px`, under `threshold`), `otherwise` where it does not,
+        linearly between."""
+        difference = (longer - reference).abs().mean(1, keepdim=True)
+        still = torch.clamp(1.0 - self.blur(difference, self.motion_blur_kernel) / threshold,
+                            0.0, 1.0)
+        return still * longer + (1.0 - still) * otherwise
 
     def fuse(self, face: Tensor, means: Tensor, vq_face: Tensor, mdvae_face: Tensor) -> Tensor:
         """Each (N, 3, 64, 64) (means (N, 3n, 64, 64)) → the refined face (N, 3, 64, 64)."""
@@ -162,15 +201,25 @@ class Refiner(nn.Module):
         others = others.reshape(-1, self.n_candidates - 1, 3, *face.shape[-2:])  # (N, K-1, 3, H, W)
         others_blend = (gates[:, :-1, None] * others).sum(1)
         mdvae_gate = gates[:, -1:]  # (N, 1, H, W)
+        noise = (self.noise_level(face) if self.cfg.motion_filter and (
+            self.cfg.motion_noise_adaptive or self.cfg.residual_noise_range) else None)
         if self.cfg.motion_filter:
             blend = self._share_with_filter(others_blend, mdvae_gate, mdvae_face, means,
-                                            vq_face)
+                                            vq_face, face, noise)
         else:
             blend = others_blend + mdvae_gate * mdvae_face
-        return (blend + self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])).clamp(-0.5, 0.5)
+        residual = self.cfg.residual_scale * torch.tanh(head[:, self.n_candidates:])
+        if noise is not None and self.cfg.residual_noise_range:
+            # trained on mostly corrupted windows, it blurs clean faces: all of it on noise and
+            # where the gates call for the MDVAE face (an occluder, a dark frame), none elsewhere
+            low, high = self.cfg.residual_noise_range
+            residual = residual * torch.maximum(
+                torch.clamp((noise - low) / (high - low), 0.0, 1.0), mdvae_gate)
+        return (blend + residual).clamp(-0.5, 0.5)
 
     def _share_with_filter(self, others_blend: Tensor, mdvae_gate: Tensor, mdvae_face: Tensor,
-                           means: Tensor, vq_face: Tensor | None = None) -> Tensor:
+                           means: Tensor, vq_face: Tensor | None = None,
+                           face: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """The learned blend of every candidate but the MDVAE face (its gates sum to
         1 - mdvae_gate) → the filter takes `motion_share` of it, and the MDVAE face keeps only a
         confident gate (`mdvae_gate_threshold`) inside `mdvae_region`; the rest goes to the
@@ -187,7 +236,7 @@ class Refiner(nn.Module):
         if weight != 1.0:
             assert vq_face is not None, "mdvae_face_weight < 1 blends in the VQ-VAE's face"
             decoded = weight * mdvae_face + (1.0 - weight) * vq_face
-        return ((1.0 - share) * others_blend + to_filter * self.motion_filtered(means)
+        return ((1.0 - share) * others_blend + to_filter * self.motion_filtered(means, face, noise)
                 + keep * decoded)
 
     def forward(self, face: Tensor, state: RefineState, vq_face: Tensor, mdvae_face: Tensor
