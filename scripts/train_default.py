@@ -97,12 +97,9 @@ def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_TH
         return
     shared = StreamingModel(dataclasses.replace(trained.cfg, refine=refine))
     shared.load_state_dict(trained.state_dict())
-    from safetensors import safe_open
-
-    with safe_open(str(model / "model.safetensors"), framework="pt") as stored:
-        half = stored.get_slice(next(iter(stored.keys()))).get_dtype() == "F16"
-    save_model(shared, model, half=half,
-               extra=json.loads((model / "config.json").read_text()).get("extra", {}))
+    meta = json.loads((model / "config.json").read_text())
+    save_model(shared, model, half=meta.get("weights_dtype") == "float16",
+               extra=meta.get("extra", {}))
     print(f"+ motion_share {share}, mdvae_gate_threshold {refine.mdvae_gate_threshold}, "
           f"mdvae_face_weight {refine.mdvae_face_weight}, noise-adaptive "
           f"{refine.motion_noise_adaptive} in {model}", flush=True)

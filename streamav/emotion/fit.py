@@ -229,14 +229,15 @@ def safe_step(z: np.ndarray, l2: float, learning_rate: float) -> float:
 
 def fit_profile(estimator: EmotionEstimator, name: str, clips: Sequence[ClipFrames], *,
                 l2: float = 0.1, steps: int = 300, learning_rate: float = 0.5,
-                choose: str = "cross-validate") -> Profile:
+                cross_validate: bool = True) -> Profile:
     """A person's profile from their labelled calibration clips (see the module doc).
 
-    Whether the person's own head is added: with `choose="cross-validate"` and
-    `CROSS_VALIDATE_FROM_CLIPS` clips or more of every label shown, by leave-one-clip-per-label-out on the calibration clips themselves
-    (the head is kept when it reads the held-out clips better than the population head does on
-    most folds); otherwise (fewer clips, or `choose="accuracy"`) when the population head reads
-    fewer than `PERSON_HEAD_BELOW_ACCURACY` of the calibration frames right."""
+    Whether the person's own head is added: with `cross_validate` and
+    `CROSS_VALIDATE_FROM_CLIPS` clips or more of every label shown, by
+    leave-one-clip-per-label-out on the calibration clips themselves (the head is kept when it
+    reads the held-out clips better than the population head does on most folds); otherwise
+    when the population head reads fewer than `PERSON_HEAD_BELOW_ACCURACY` of the calibration
+    frames right."""
     labels = estimator.labels
     unknown = sorted({c.label for c in clips} - set(labels))
     if unknown:
@@ -250,7 +251,7 @@ def fit_profile(estimator: EmotionEstimator, name: str, clips: Sequence[ClipFram
     x, y = _calibration_examples(estimator, profile, clips)
     population_logits = estimator.logits(x)
     profile.population_accuracy = float(np.mean(population_logits.argmax(axis=1) == y))
-    folds = _folds(clips) if choose == "cross-validate" else []
+    folds = _folds(clips) if cross_validate else []
     if folds:
         helps = [_head_helps(estimator, name, rest, held_out, l2, steps, learning_rate)
                  for rest, held_out in folds]
@@ -314,7 +315,8 @@ def _folds(clips: Sequence[ClipFrames]) -> list[tuple[list[ClipFrames], list[Cli
     folds = []
     for i in range(n):
         held_out = [group[i] for group in by_label.values()]
-        folds.append(([c for c in clips if not any(c is h for h in held_out)], held_out))
+        out = {id(c) for c in held_out}
+        folds.append(([c for c in clips if id(c) not in out], held_out))
     return folds
 
 

@@ -203,7 +203,7 @@ class RefineConfig:
     # averaged too little at 0.3 and blurred clean and lightly noisy faces (docs/model.md, "v2.5")
     motion_noise_adaptive: bool = False
     motion_threshold_per_noise: float = 0.45
-    motion_input_threshold_per_noise: float = 0.4
+    motion_input_threshold_per_noise: float = 0.5
     motion_noise_full_blur: float = 0.06
     # With the filter: the learned residual is scaled from 0 at this noise (Immerkaer's estimate,
     # as above) to 1 at this one, and never below the MDVAE face's gate (occluders, dark frames).
