@@ -15,6 +15,8 @@ cached one that passes its checks but does not load: a named backend never fails
 cache, and `auto` is never left on a slower backend by one. Given the model folder's shipped step
 (`shipped_onnx`, streamav.engines.shipped), the ONNX fp32 batch-1 CPU engine is that file
 rather than a new export, and its sha256 joins the identity (the cache keys it by its hash).
+Every ONNX engine's graph is rewritten for ONNX Runtime's CPU kernels (graph_rewrite.py; int8:
+after quantization), with the recipe in the identity.
 A build's real frames (parity, INT8 calibration) come from the caller's `inputs`
 (streamav.engines.inputs.EngineInputs): the engines never run the front end themselves.
 `auto` picks, for the device, the first backend that can run here in the order measured
@@ -36,6 +38,7 @@ from streamav.engines.base import StepEngine
 from streamav.engines.cache import CachedEngine, EngineCache
 from streamav.engines.choice import AUTO_ORDER, EngineChoice
 from streamav.engines.inputs import EngineInputs
+from streamav.engines.graph_rewrite import REWRITE_RECIPE
 from streamav.engines.int8_per_stream import INT8_RECIPE
 from streamav.engines.shipped import SHIPPED_ENGINE, ShippedStep
 from streamav.errors import DeviceError, InputError, MissingDependencyError, StreamavError
@@ -98,6 +101,7 @@ def engine_identity(model: StreamingModel, spec: EngineChoice, weights_hash: str
         **shipped,
         **({"int8_recipe": INT8_RECIPE} if spec.backend == "onnx" and spec.precision == "int8"
            else {}),
+        **({"graph_rewrite": REWRITE_RECIPE} if spec.backend == "onnx" else {}),
     }
 
 
@@ -264,20 +268,26 @@ def build_or_load(model: StreamingModel, spec: EngineChoice, cache: EngineCache 
         log.warning("engine %s: not built for this model and environment yet; building it once "
                     "into %s", spec.label, cache.root)
         path = folder / ENGINE_FILE[spec.backend]
-        if shipped_onnx is not None:
-            shutil.copyfile(shipped_onnx.path, path)
-        elif spec.backend == "onnx":
-            from streamav.engines.export import export_step, write_onnx
+        rewrites = None
+        if spec.backend == "onnx":
+            from streamav.engines.graph_rewrite import rewrite_step
 
-            program = export_step(model, spec.batch)
-            if spec.precision == "int8":
-                from streamav.engines.int8_per_stream import quantize_int8_per_stream
+            with tempfile.TemporaryDirectory() as scratch:
+                float_path = Path(scratch) / "step_fp32.onnx"
+                if shipped_onnx is not None:
+                    shutil.copyfile(shipped_onnx.path, float_path)
+                else:
+                    from streamav.engines.export import export_step, write_onnx
 
-                with tempfile.TemporaryDirectory() as scratch:
-                    float_path = write_onnx(program, Path(scratch) / "step_fp32.onnx")
-                    quantize_int8_per_stream(float_path, path, spec.batch)
-            else:
-                write_onnx(program, path)
+                    write_onnx(export_step(model, spec.batch), float_path)
+                if spec.precision == "int8":  # quantized first: the rewrites add MatMuls
+                    from streamav.engines.int8_per_stream import quantize_int8_per_stream
+
+                    quantized = Path(scratch) / "step_int8.onnx"
+                    quantize_int8_per_stream(float_path, quantized, spec.batch)
+                    rewrites = rewrite_step(quantized, path)
+                else:
+                    rewrites = rewrite_step(float_path, path)
         else:
             from streamav.engines.backends.tensorrt import build_tensorrt
 
@@ -301,6 +311,7 @@ def build_or_load(model: StreamingModel, spec: EngineChoice, cache: EngineCache 
                                frames_source=inputs.reference_source()),
                 "latency_ms": parity.latency_summary(ran["step_ms"]),
                 "eager_latency_ms": parity.latency_summary(reference["step_ms"]),
+                "graph_rewrites": rewrites,
                 "calibration": (None if calibration_set is None else
                                 {"path": str(calibration_set.path),
                                  "sha256": calibration_set.set_hash})}

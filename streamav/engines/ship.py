@@ -1,7 +1,8 @@
 """Make the step a model folder ships for the runtime without PyTorch: step.onnx + step.json.
 
 `write_shipped_step(folder)` loads the folder's model, exports the batch-1 step with the
-project's export (`export_step` → `write_onnx`, the `onnx` engine's file), stores every float32
+project's export (`export_step` → `write_onnx`, the `onnx` engine's file), rewrites its graph as
+the `onnx` engines' build does (`streamav.engines.graph_rewrite.rewrite_step`), stores every float32
 weight that float16 holds exactly as float16 followed by a Cast to float32 (`compact_weights`:
 lossless, and a model saved with float16 weights, as the shipped one is, halves), checks the
 file against eager over real frames with the state fed back (`parity.TOLERANCES["fp32"]`), and
@@ -77,6 +78,7 @@ def write_shipped_step(folder: Path, inputs: EngineInputs,
     from streamav.engines.backends.onnx import OnnxEngine
     from streamav.engines.choice import EngineChoice
     from streamav.engines.export import ONNX_OPSET, export_step, write_onnx
+    from streamav.engines.graph_rewrite import REWRITE_RECIPE, rewrite_step
     from streamav.engines.registry import EXPORT_FORMAT
     from streamav.model.io import load_model
     from streamav.model.streaming import EXPORT_INPUT_NAMES, EXPORT_OUTPUT_NAMES
@@ -98,6 +100,7 @@ def write_shipped_step(folder: Path, inputs: EngineInputs,
     tmp = Path(tmp_name)
     try:
         write_onnx(export_step(model, 1), tmp)
+        rewrites = rewrite_step(tmp, tmp)
         counts = compact_weights(tmp)
         spectra, faces = inputs.reference_frames(
             parity_frames, Path(tempfile.gettempdir()) / "streamav-export" / ".calibration")
@@ -124,6 +127,7 @@ def write_shipped_step(folder: Path, inputs: EngineInputs,
         "preset": cfg.preset, "labels": list(cfg.emotion.labels), "batch": 1,
         "compute": "float32", "weights_stored": counts,
         "opset": ONNX_OPSET, "export_format": EXPORT_FORMAT,
+        "graph_rewrite": {"recipe": REWRITE_RECIPE, "rewritten": rewrites},
         "inputs": {name: list(t.shape) for name, t in zip(EXPORT_INPUT_NAMES,
                                                           model.example_inputs(1))},
         "outputs": list(EXPORT_OUTPUT_NAMES), "initial_state": fills,
