@@ -689,7 +689,16 @@ def calibrate(
         counts[clip["label"]] = counts.get(clip["label"], 0) + 1
     typer.echo(f"streamav: profile {meta['name']}: " + ", ".join(
         f"{name} x{n}" for name, n in counts.items())
-        + ("; person head fitted" if meta["person_head"] else "; baseline only"), err=True)
+        + (_person_head_line(meta) if meta["person_head"] else "; baseline only"), err=True)
+
+
+def _person_head_line(meta: dict) -> str:
+    """How the profile's person head was fitted, for `calibrate`'s closing line."""
+    l2, accuracy = meta.get("person_head_l2"), meta.get("population_accuracy")
+    if l2 is None or accuracy is None:  # written by an older streamav
+        return "; person head fitted"
+    return (f"; person head fitted (the population head reads {accuracy:.0%} of these frames: "
+            f"L2 {l2:g})")
 
 
 profiles_app = typer.Typer(help="Calibration profiles (streamav calibrate).",

@@ -144,9 +144,8 @@ class EmotionEstimator:
 
 @dataclass
 class Profile:
-    """A person's calibration: a neutral baseline and (with >= 2 labels, when the population
-    head misreads their calibration frames) their own head, added to the population head's
-    logits (streamav.emotion.profiles writes and reads them)."""
+    """A person's calibration: a neutral baseline and (with >= 2 labels) their own head, added to
+    the population head's logits (streamav.emotion.profiles writes and reads them)."""
 
     name: str
     baseline: np.ndarray  # (D,) the fixed baseline (see streamav.emotion.fit.fit_profile)
@@ -155,6 +154,7 @@ class Profile:
     labels_seen: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     population_accuracy: float | None = None  # the population head on the calibration frames
+    head_l2: float | None = None  # the person head's L2 towards the population head (fit_profile)
 
 
 class EmotionStream:

@@ -147,6 +147,7 @@ def add_examples(name: str, estimator: EmotionEstimator, clips: Sequence[ClipFra
     arrays.update(_fitted_arrays(profile))
     meta.update(updated_unix_s=time.time(), estimator=fingerprint(estimator),
                 labels=list(profile.labels_seen), person_head=profile.weights is not None,
+                person_head_l2=profile.head_l2,
                 population_accuracy=profile.population_accuracy)
     _write(name, meta, arrays)
     return meta
