@@ -35,7 +35,8 @@ def _pattern_model(path) -> None:
     g5, g3 = _gaussian(5), _gaussian(3)
     inputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10, SIZE, SIZE]),
               helper.make_tensor_value_info("rgb", TensorProto.FLOAT, [1, 3, SIZE, SIZE]),
-              helper.make_tensor_value_info("nine", TensorProto.FLOAT, [1, 9, SIZE, SIZE])]
+              helper.make_tensor_value_info("nine", TensorProto.FLOAT, [1, 9, SIZE, SIZE]),
+              helper.make_tensor_value_info("counts", TensorProto.INT64, [1, 4, 5])]
     inits = [
         _const("axis1", np.array([1], np.int64)), _const("axis_last", np.array([3], np.int64)),
         _const("pads2", np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64)),
@@ -53,6 +54,7 @@ def _pattern_model(path) -> None:
         helper.make_node("ReduceSum", ["weights", "axis1"], ["sum_kept"], keepdims=1),
         helper.make_node("ReduceMean", ["rgb", "axis1"], ["gray"], keepdims=1),
         helper.make_node("ReduceSum", ["rgb", "axis_last"], ["row_sums"], keepdims=0),  # stays
+        helper.make_node("ReduceSum", ["counts", "axis1"], ["count_sums"], keepdims=0),  # int64
         helper.make_node("Pad", ["gray", "pads2"], ["gray_padded"], mode="edge"),
         helper.make_node("Conv", ["gray_padded", "blur1", "blur1_bias"], ["gray_blurred"],
                          kernel_shape=[5, 5], group=1),
@@ -73,6 +75,7 @@ def _pattern_model(path) -> None:
               "rgb_sharpened": [1, 3, SIZE, SIZE], "head_out": [1, 4, SIZE, SIZE]}
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
                for name, shape in shapes.items()]
+    outputs.append(helper.make_tensor_value_info("count_sums", TensorProto.INT64, [1, 5]))
     model = helper.make_model(helper.make_graph(nodes, "patterns", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -104,7 +107,8 @@ def test_each_pass_rewrites_its_pattern_into_the_same_function(tmp_path):
     rng = np.random.default_rng(1)
     feeds = {"logits": rng.normal(0, 3, (1, 10, SIZE, SIZE)).astype(np.float32),
              "rgb": rng.uniform(-0.5, 0.5, (1, 3, SIZE, SIZE)).astype(np.float32),
-             "nine": rng.uniform(-0.5, 0.5, (1, 9, SIZE, SIZE)).astype(np.float32)}
+             "nine": rng.uniform(-0.5, 0.5, (1, 9, SIZE, SIZE)).astype(np.float32),
+             "counts": rng.integers(0, 1000, (1, 4, 5))}
     expected, got = _run(before, feeds), _run(after, feeds)
     for name, value in expected.items():
         assert got[name].shape == value.shape, name

@@ -83,16 +83,20 @@ def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _shapes(model) -> dict[str, tuple[int | None, ...]]:
-    """The shape of every tensor shape inference knows (None for a dimension it does not)."""
+def _shapes(model, float_only: bool = False) -> dict[str, tuple[int | None, ...]]:
+    """The shape of every tensor shape inference knows (None for a dimension it does not);
+    `float_only`: of the float32 tensors only."""
     import onnx
 
     graph = onnx.shape_inference.infer_shapes(model).graph
     shapes = {}
     for info in (*graph.input, *graph.value_info, *graph.output):
-        if info.type.tensor_type.HasField("shape"):
+        tensor = info.type.tensor_type
+        if float_only and tensor.elem_type != onnx.TensorProto.FLOAT:
+            continue
+        if tensor.HasField("shape"):
             shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                      for d in info.type.tensor_type.shape.dim)
+                                      for d in tensor.shape.dim)
     return shapes
 
 
@@ -148,7 +152,7 @@ def inner_axis_sums_as_matmul(model) -> int:
         return 0
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    shapes = _shapes(model)
+    shapes = _shapes(model, float_only=True)  # a product needs float32 (not shape arithmetic)
     done = 0
     for node in [n for n in graph.node if n.op_type in ("ReduceSum", "ReduceMean")
                  and n.domain in ("", "ai.onnx")]:
@@ -344,6 +348,7 @@ def edge_padded_blurs_as_matmul(model) -> int:
         if (pads[:2] != [0, 0] or pads[4:6] != [0, 0] or per_group != 1
                 or attrs.get("group", 1) != channels or channels != shape[1]
                 or channels > MATMUL_BLUR_MAX_CHANNELS
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
                 or any(v != 0 for v in attrs.get("pads", [0, 0, 0, 0]))
                 or any(v != 1 for v in attrs.get("strides", [1, 1]))
                 or any(v != 1 for v in attrs.get("dilations", [1, 1]))
