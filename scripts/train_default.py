@@ -28,7 +28,8 @@ plus `streamav train emotion --cache <synth20 cache>` (5 min: the w head runs th
 motion-adaptive filter in the identity path (`--motion-share 0.8`, MDVAE gate threshold 0.25,
 the MDVAE face only inside an ellipse over eyes and mouth; all defaults now; no training:
 set_motion_share rewrites the folder's config). v2.5 is v2.4 with the filter made
-noise-adaptive (NOISE_ADAPTIVE, again only the config). All stages take
+noise-adaptive (NOISE_ADAPTIVE, again only the config). v2.6 is v2.5 with the MDVAE face's low
+frequencies taken from the VQ-VAE face (MDVAE_LOW_PASS_FROM_VQ_PX, only the config). All stages take
 --device cuda through `streamav train` unchanged.
 """
 
@@ -68,6 +69,12 @@ MDVAE_REGION = (0.49, 0.52, 0.375, 0.344)
 # lost on fresh synthetic speakers (AV under V-only in the mouth box): 1.0, the MDVAE face alone
 # (docs/model.md, "v2.4 candidate").
 MDVAE_FACE_WEIGHT = 1.0
+# ... and the sigma (px) below which the MDVAE face's spatial frequencies are replaced by the VQ-VAE
+# face's (RefineConfig.mdvae_low_pass_from_vq_px): the MDVAE keeps the shape of the lips and eyes,
+# the person's colour and shading come from their own features. 0 / 2 / 4 / 8 / 16 compared on
+# a fresh synthetic seed (3100) and the GRID training clips, never on the evaluation's
+# (docs/model.md, "v2.6").
+MDVAE_LOW_PASS_FROM_VQ_PX = 8.0
 # ... and the filter's noise adaptation (RefineConfig.motion_noise_adaptive and the fields after
 # it): the thresholds and the blur follow the frame's estimated noise, the frame itself is kept
 # where it differs from the filtered face by more than its noise, and the learned residual is
@@ -92,6 +99,7 @@ def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_TH
                                  mdvae_gate_threshold=threshold if on else 0.0,
                                  mdvae_region=MDVAE_REGION if on else (),
                                  mdvae_face_weight=MDVAE_FACE_WEIGHT if on else 1.0,
+                                 mdvae_low_pass_from_vq_px=MDVAE_LOW_PASS_FROM_VQ_PX if on else 0.0,
                                  **(NOISE_ADAPTIVE if on else {}))
     if refine == trained.cfg.refine:
         return
@@ -101,7 +109,8 @@ def set_motion_share(model: Path, share: float, threshold: float = MDVAE_GATE_TH
     save_model(shared, model, half=meta.get("weights_dtype") == "float16",
                extra=meta.get("extra", {}))
     print(f"+ motion_share {share}, mdvae_gate_threshold {refine.mdvae_gate_threshold}, "
-          f"mdvae_face_weight {refine.mdvae_face_weight}, noise-adaptive "
+          f"mdvae_face_weight {refine.mdvae_face_weight}, low pass from the VQ-VAE face "
+          f"{refine.mdvae_low_pass_from_vq_px} px, noise-adaptive "
           f"{refine.motion_noise_adaptive} in {model}", flush=True)
 
 

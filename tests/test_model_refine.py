@@ -185,6 +185,37 @@ def test_the_kept_gate_blends_the_mdvae_and_vq_faces_by_mdvae_face_weight():
     assert torch.allclose(b - a, g * 0.5 * (vq_face - mdvae_face), atol=1e-6)
 
 
+def test_the_kept_mdvae_face_takes_its_low_frequencies_from_the_vq_face_unless_exposed_apart():
+    """mdvae_low_pass_from_vq_px s: where the MDVAE face keeps its gate, its low frequencies are
+    the VQ-VAE face's (a flat colour difference moves over whole, a fine pattern stays the
+    MDVAE's), but not when their brightness differs as in low light (ratio >= 2.5)."""
+    with pytest.raises(ValueError, match="mdvae_low_pass_from_vq_px"):
+        RefineConfig(motion_filter=True, mdvae_low_pass_from_vq_px=-1.0).validate()
+    plain = Refiner(RefineConfig(motion_filter=True, motion_share=0.8), FPS)
+    colour = Refiner(RefineConfig(motion_filter=True, motion_share=0.8,
+                                  mdvae_low_pass_from_vq_px=8.0), FPS)
+    state = plain.advance(_face(0), plain.initial_state(1))
+    g = 0.9
+    gate = torch.full((1, 1, 64, 64), g)
+    others = (1 - g) * _face(4)
+    rows = torch.arange(64.0)[:, None].expand(64, 64)
+    detail = 0.05 * torch.sign(torch.sin(rows * 1.6))[None, None].expand(1, 3, 64, 64)
+    mdvae_face = -0.1 + detail  # a darker face with fine lines
+    vq_face = torch.full((1, 3, 64, 64), 0.0)  # the person: flat, brighter
+
+    def kept(refiner, vq):
+        return (refiner._share_with_filter(others, gate, mdvae_face, state.face_means, vq)
+                - plain._share_with_filter(others, gate, torch.zeros_like(mdvae_face),
+                                           state.face_means, vq)) / g
+
+    corrected = kept(colour, vq_face)
+    assert abs(float(corrected.mean()) - 0.0) < 0.01  # the VQ face's brightness
+    assert float((corrected - corrected.mean()).abs().mean()) > 0.04  # the MDVAE's lines
+    assert torch.allclose(kept(plain, vq_face), mdvae_face, atol=1e-6)
+    dark = torch.full((1, 3, 64, 64), -0.5 + 0.4 / 2.6)  # 2.6x darker than the MDVAE face
+    assert torch.allclose(kept(colour, dark), mdvae_face, atol=1e-6)
+
+
 ADAPTIVE = RefineConfig(motion_filter=True, motion_noise_adaptive=True, motion_threshold=0.002,
                         residual_noise_range=(0.02, 0.1))
 

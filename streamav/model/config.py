@@ -227,6 +227,12 @@ class RefineConfig:
     # faces the VQ-VAE's inpainting beat the MDVAE face (which paints a training identity's
     # lips and eyes); half of each beats both (docs/model.md). 1: the MDVAE face alone
     mdvae_face_weight: float = 1.0
+    # With the filter: where the MDVAE face keeps its gate, its low spatial frequencies (a
+    # Gaussian of this sigma, px of the 64-px crop) are replaced by the VQ-VAE face's of the
+    # input: the MDVAE keeps the lips' and eyes' shape and motion, the colour and shading come
+    # from the person in front of the camera (the MDVAE paints a training identity's; docs/model.md,
+    # "v2.6"). 0: the MDVAE face as decoded
+    mdvae_low_pass_from_vq_px: float = 0.0
 
     def validate(self) -> None:
         _check(len(self.time_constants_s) >= 1 and all(t > 0 for t in self.time_constants_s),
@@ -249,6 +255,8 @@ class RefineConfig:
                "refine mdvae_gate_threshold must be in 0..0.5")
         _check(0.0 <= self.mdvae_face_weight <= 1.0,
                "refine mdvae_face_weight must be in 0..1")
+        _check(self.mdvae_low_pass_from_vq_px >= 0,
+               "refine mdvae_low_pass_from_vq_px must be >= 0")
         _check(len(self.mdvae_region) in (0, 4) and all(v > 0 for v in self.mdvae_region),
                "refine mdvae_region must be () or (centre x, centre y, radius x, radius y) > 0")
         _check(not self.motion_filter or len(self.time_constants_s) >= 2,
@@ -326,7 +334,7 @@ _OPTIONAL_KEYS: dict[type, set[str]] = {
                      "motion_blur_px", "motion_noise_adaptive", "motion_threshold_per_noise",
                      "motion_input_threshold_per_noise", "motion_noise_full_blur",
                      "residual_noise_range", "motion_share", "mdvae_gate_threshold", "mdvae_region",
-                     "mdvae_face_weight"},
+                     "mdvae_face_weight", "mdvae_low_pass_from_vq_px"},
 }
 _SECTIONS: dict[str, type] = {"audio": AudioVQVAEConfig, "visual": VisualVQVAEConfig,
                               "mdvae": MDVAEConfig, "emotion": EmotionHeadConfig,

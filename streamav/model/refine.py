@@ -65,6 +65,23 @@ def ellipse_mask(region: tuple[float, ...], size_px: int) -> Tensor:
     return torch.clamp((1.0 - radius) * min(rx, ry) / 2.0 + 0.5, 0.0, 1.0)[None, None]
 
 
+# The MDVAE face takes the VQ-VAE face's low frequencies only while both are exposed alike: their
+# mean brightness within this ratio, none of it from EXPOSURE_DIFFER (linearly in log between).
+# Measured md / vq ratio: 0.71-1.40 on clean, noisy and occluded faces, 3.0-6.8 in low light,
+# where the VQ-VAE reproduces the dark frame that the MDVAE face brightens (docs/model.md, "v2.6").
+EXPOSURE_AGREE = 1.5
+EXPOSURE_DIFFER = 2.5
+
+
+def exposure_agreement(vq_face: Tensor, mdvae_face: Tensor) -> Tensor:
+    """(N, 3, H, W) each (-0.5..0.5) → (N, 1, 1, 1): 1 where their mean brightness agrees within
+    `EXPOSURE_AGREE`, 0 from `EXPOSURE_DIFFER` (log-linear between)."""
+    md = (mdvae_face + 0.5).mean((1, 2, 3), keepdim=True).clamp_min(1e-3)
+    vq = (vq_face + 0.5).mean((1, 2, 3), keepdim=True).clamp_min(1e-3)
+    agree, differ = math.log(EXPOSURE_AGREE), math.log(EXPOSURE_DIFFER)
+    return torch.clamp((differ - torch.log(md / vq).abs()) / (differ - agree), 0.0, 1.0)
+
+
 class Refiner(nn.Module):
     """Running means of the input (state) + a gated fusion of the candidate faces."""
 
@@ -86,6 +103,9 @@ class Refiner(nn.Module):
             self.register_buffer("noise_kernel", torch.tensor(
                 [[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])[None, None]
                 * (math.sqrt(math.pi / 2.0) / 6.0), persistent=False)
+        if cfg.mdvae_low_pass_from_vq_px:
+            self.register_buffer("colour_kernel", gaussian_kernel(cfg.mdvae_low_pass_from_vq_px),
+                                 persistent=False)
         if cfg.mdvae_region:
             self.register_buffer("mdvae_region", ellipse_mask(cfg.mdvae_region, 64),
                                  persistent=False)
@@ -224,7 +244,9 @@ class Refiner(nn.Module):
         1 - mdvae_gate) → the filter takes `motion_share` of it, and the MDVAE face keeps only a
         confident gate (`mdvae_gate_threshold`) inside `mdvae_region`; the rest goes to the
         filter too. The kept gate goes to `mdvae_face_weight` x the MDVAE face + the rest x the
-        VQ-VAE's face (default 1: the MDVAE face alone; docs/model.md, "v2.4 candidate")."""
+        VQ-VAE's face (default 1: the MDVAE face alone; docs/model.md, "v2.4 candidate"), with
+        `mdvae_low_pass_from_vq_px` the MDVAE face's low frequencies replaced by the VQ-VAE
+        face's (docs/model.md, "v2.6")."""
         share, threshold = self.cfg.motion_share, self.cfg.mdvae_gate_threshold
         keep = mdvae_gate if threshold == 0 else mdvae_gate * torch.clamp(
             (mdvae_gate - threshold) / threshold, 0.0, 1.0)  # (N, 1, H, W)
@@ -233,9 +255,13 @@ class Refiner(nn.Module):
         to_filter = share * (1.0 - mdvae_gate) + (mdvae_gate - keep)
         weight = self.cfg.mdvae_face_weight
         decoded = mdvae_face
+        if self.cfg.mdvae_low_pass_from_vq_px:
+            assert vq_face is not None, "the MDVAE face's low frequencies come from the VQ-VAE's"
+            decoded = mdvae_face + exposure_agreement(vq_face, mdvae_face) * self.blur(
+                vq_face - mdvae_face, self.colour_kernel)
         if weight != 1.0:
             assert vq_face is not None, "mdvae_face_weight < 1 blends in the VQ-VAE's face"
-            decoded = weight * mdvae_face + (1.0 - weight) * vq_face
+            decoded = weight * decoded + (1.0 - weight) * vq_face
         return ((1.0 - share) * others_blend + to_filter * self.motion_filtered(means, face, noise)
                 + keep * decoded)
 
