@@ -246,6 +246,19 @@ def separable_blurs(model) -> int:
     return done
 
 
+def _graph_index(model) -> tuple[dict, dict, dict, dict[str, int], set[str]]:
+    """What the fusing passes look up: initializers by name, known shapes, each tensor's
+    producing node, how many nodes read each tensor, and the graph's output names."""
+    graph = model.graph
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    return ({i.name: i for i in graph.initializer}, _shapes(model),
+            {o: n for n in graph.node for o in n.output}, readers,
+            {o.name for o in graph.output})
+
+
 def conv_over_concat(model) -> int:
     """Conv (one group) of the channel Concat of two tensors, that Concat read by nothing else
     → the sum of two Convs, one per tensor, on the matching slices of the kernel (the bias on
@@ -254,14 +267,7 @@ def conv_over_concat(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    shapes = _shapes(model)
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
-    outputs = {o.name for o in graph.output}
+    inits, shapes, producers, readers, outputs = _graph_index(model)
     done = 0
     for node in [n for n in graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
         concat = producers.get(node.input[0])
@@ -320,14 +326,7 @@ def edge_padded_blurs_as_matmul(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    shapes = _shapes(model)
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
-    outputs = {o.name for o in graph.output}
+    inits, shapes, producers, readers, outputs = _graph_index(model)
     done = 0
     for node in [n for n in graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]:
         pad = producers.get(node.input[0])
