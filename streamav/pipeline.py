@@ -752,5 +752,5 @@ def face_message(face: FaceResult, frame: VideoFrame) -> Face:
         found=found, frame_seq=frame.seq, pts=frame.pts_s,
         image_size=(int(frame.image_bgr.shape[1]), int(frame.image_bgr.shape[0])),
         box=tuple(float(v) for v in face.box_xywh) if boxed else None,
-        landmarks=tuple((float(x), float(y)) for x, y in np.asarray(face.landmarks_xy))
-        if boxed else UNSET)
+        # tolist(): the same Python floats as float() of each value, in one call
+        landmarks=tuple(map(tuple, np.asarray(face.landmarks_xy).tolist())) if boxed else UNSET)

@@ -33,7 +33,9 @@ sequence of frames after `start()` or `reset()`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import sys
 from importlib import resources
@@ -193,18 +195,48 @@ def check_image_bgr(image_bgr: Any) -> np.ndarray:
     return image_bgr
 
 
-_RIGHT_EYE_IDX = np.array(RIGHT_EYE_CONTOUR_IDX)
-_LEFT_EYE_IDX = np.array(LEFT_EYE_CONTOUR_IDX)
-_POINT_IDX = np.array([NOSE_TIP_IDX, RIGHT_MOUTH_CORNER_IDX, LEFT_MOUTH_CORNER_IDX])
+# The mesh points five_points reads, gathered at once: both eye contours (16 each), then the
+# nose tip and the mouth corners.
+_FIVE_SOURCE_IDX = np.array([*RIGHT_EYE_CONTOUR_IDX, *LEFT_EYE_CONTOUR_IDX, NOSE_TIP_IDX,
+                             RIGHT_MOUTH_CORNER_IDX, LEFT_MOUTH_CORNER_IDX])
+_N_EYE = len(RIGHT_EYE_CONTOUR_IDX)
 
 
 def five_points(mesh_xy: np.ndarray) -> np.ndarray:
     """(468, 2) mesh points → (5, 2) float32 landmarks in `LANDMARK_NAMES` order."""
+    picked = mesh_xy[_FIVE_SOURCE_IDX]  # (35, 2): one gather; each eye's rows are contiguous
     five = np.empty((5, 2), dtype=np.float32)
-    five[0] = mesh_xy[_RIGHT_EYE_IDX].mean(axis=0)
-    five[1] = mesh_xy[_LEFT_EYE_IDX].mean(axis=0)
-    five[2:] = mesh_xy[_POINT_IDX]
+    five[0] = picked[:_N_EYE].mean(axis=0)
+    five[1] = picked[_N_EYE:2 * _N_EYE].mean(axis=0)
+    five[2:] = picked[2 * _N_EYE:]
     return five
+
+
+def _as_complex(points_xy: np.ndarray) -> np.ndarray:
+    """(N, 2) points → (N,) complex128 x + iy."""
+    return points_xy[:, 0].astype(np.float64) + 1j * points_xy[:, 1].astype(np.float64)
+
+
+class SimilarityTarget:
+    """The destination side of `fit_similarity`, computed once for points fitted to it frame
+    after frame (the face template): `fit(src_xy)` is `fit_similarity(src_xy, dst_xy)`, the
+    same arithmetic, without redoing the template's part."""
+
+    def __init__(self, dst_xy: np.ndarray) -> None:
+        dst = _as_complex(dst_xy)  # (N,)
+        self._dst_mean = dst.mean()
+        self._d = dst - self._dst_mean
+
+    def fit(self, src_xy: np.ndarray) -> np.ndarray:
+        src = _as_complex(src_xy)  # (N,)
+        src_mean = src.mean()
+        s = src - src_mean
+        denom = float(np.sum(np.abs(s) ** 2))
+        if denom <= 1e-12:
+            raise ValueError("fit_similarity: source points coincide")
+        a = complex(np.sum(np.conj(s) * self._d) / denom)
+        b = self._dst_mean - a * src_mean
+        return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], dtype=np.float64)
 
 
 def fit_similarity(src_xy: np.ndarray, dst_xy: np.ndarray) -> np.ndarray:
@@ -213,16 +245,7 @@ def fit_similarity(src_xy: np.ndarray, dst_xy: np.ndarray) -> np.ndarray:
     Closed form (Umeyama 1991, in complex numbers for 2-D): with centred points s and d,
     a = sum(conj(s) * d) / sum(|s|^2) is scale * exp(i * angle); deterministic, no RANSAC.
     """
-    src = src_xy[:, 0].astype(np.float64) + 1j * src_xy[:, 1].astype(np.float64)  # (N,)
-    dst = dst_xy[:, 0].astype(np.float64) + 1j * dst_xy[:, 1].astype(np.float64)  # (N,)
-    src_mean, dst_mean = src.mean(), dst.mean()
-    s, d = src - src_mean, dst - dst_mean
-    denom = float(np.sum(np.abs(s) ** 2))
-    if denom <= 1e-12:
-        raise ValueError("fit_similarity: source points coincide")
-    a = complex(np.sum(np.conj(s) * d) / denom)
-    b = dst_mean - a * src_mean
-    return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], dtype=np.float64)
+    return SimilarityTarget(dst_xy).fit(src_xy)
 
 
 def apply_affine(matrix_2x3: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
@@ -238,15 +261,18 @@ def mesh_in_crop(face: "FaceResult") -> np.ndarray:
 
 
 def warp_to_crop(image_rgb: np.ndarray, crop_from_source: np.ndarray, crop_size_px: int,
-                 border_mode: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+                 border_mode: int = cv2.BORDER_REPLICATE, scale: float | None = None
+                 ) -> np.ndarray:
     """Warp `image_rgb` into a (crop_size_px, crop_size_px, 3) crop with an anti-aliased resample.
 
     When the crop is at least 1.5x smaller than the face in the source, the source region the crop
     covers is first box-filtered by an integer factor k = round(1 / scale) (cv2.resize with
     INTER_AREA, whose integer-factor path is fast), and the remaining similarity, whose scale is
-    then within 0.75..1.33, is applied with bilinear interpolation.
+    then within 0.75..1.33, is applied with bilinear interpolation. `scale`: the matrix's
+    uniform scale when the caller has it already.
     """
-    scale = float(np.hypot(crop_from_source[0, 0], crop_from_source[1, 0]))
+    if scale is None:
+        scale = similarity_scale(crop_from_source)
     factor = int(round(1.0 / scale))
     size = (crop_size_px, crop_size_px)
     height, width = image_rgb.shape[:2]
@@ -268,6 +294,20 @@ def warp_to_crop(image_rgb: np.ndarray, crop_from_source: np.ndarray, crop_size_
                           borderMode=border_mode)
 
 
+def similarity_scale(crop_from_source: np.ndarray) -> float:
+    """The uniform scale of a (2, 3) similarity matrix (crop pixels per source pixel)."""
+    return float(np.hypot(crop_from_source[0, 0], crop_from_source[1, 0]))
+
+
+@functools.lru_cache(maxsize=8)
+def _crop_corners(crop_size_px: int) -> np.ndarray:
+    """(4, 2) float64: the crop's outer pixel corners in crop pixels (read-only)."""
+    edge = crop_size_px - 0.5
+    corners = np.array([[-0.5, -0.5], [edge, -0.5], [-0.5, edge], [edge, edge]])
+    corners.setflags(write=False)
+    return corners
+
+
 def _prescale_roi(crop_from_source: np.ndarray, crop_size_px: int, factor: int, width: int,
                   height: int) -> tuple[int, int, int, int] | None:
     """The source region (x0, y0, x1, y1) the crop samples, padded for the bilinear taps and sized
@@ -275,12 +315,10 @@ def _prescale_roi(crop_from_source: np.ndarray, crop_size_px: int, factor: int, 
     if factor < 2:
         return None
     source_from_crop = cv2.invertAffineTransform(crop_from_source)
-    edge = crop_size_px - 0.5
-    corners_crop = np.array([[-0.5, -0.5], [edge, -0.5], [-0.5, edge], [edge, edge]])
-    corners = apply_affine(source_from_crop, corners_crop)  # (4, 2) source pixels
+    corners = apply_affine(source_from_crop, _crop_corners(crop_size_px))  # (4, 2) source px
     margin = 2 * factor + 1  # two prescaled pixels for the bilinear taps, plus rounding
-    x0, y0 = (int(np.floor(v - margin)) for v in corners.min(axis=0))
-    x1, y1 = (int(np.ceil(v + margin)) for v in corners.max(axis=0))
+    x0, y0 = (math.floor(v - margin) for v in corners.min(axis=0).tolist())
+    x1, y1 = (math.ceil(v + margin) for v in corners.max(axis=0).tolist())
     x1 = x0 + factor * -(-(x1 - x0) // factor)  # round the size up to a multiple of factor
     y1 = y0 + factor * -(-(y1 - y0) // factor)
     x0, x1 = max(0, x0), min(width, x1)
@@ -415,6 +453,7 @@ class FaceFrontEnd:
         self.config = config if config is not None else FaceConfig()
         self._mesh: Any = None  # mediapipe.solutions.face_mesh.FaceMesh once started
         self._template_px = template_px(self.config.crop_size_px)
+        self._template_fit = SimilarityTarget(self._template_px)
         self._border_mode = (cv2.BORDER_REPLICATE if self.config.border == "replicate"
                              else cv2.BORDER_CONSTANT)
 
@@ -511,20 +550,24 @@ class FaceFrontEnd:
     def _aligned(self, image_rgb: np.ndarray, mesh_xy: np.ndarray) -> FaceResult:
         height, width = image_rgb.shape[:2]
         landmarks_xy = five_points(mesh_xy)
-        crop_from_source = fit_similarity(landmarks_xy, self._template_px)
+        crop_from_source = self._template_fit.fit(landmarks_xy)
+        scale = similarity_scale(crop_from_source)
         crop_rgb = warp_to_crop(image_rgb, crop_from_source, self.config.crop_size_px,
-                                self._border_mode)
+                                self._border_mode, scale)
         residual_px = apply_affine(crop_from_source, landmarks_xy) - self._template_px  # (5, 2)
-        low = np.clip(mesh_xy.min(axis=0), 0.0, (width - 1, height - 1))
-        high = np.clip(mesh_xy.max(axis=0), 0.0, (width - 1, height - 1))
+        # the box in Python floats (the mesh's float32 values are exact in them): clipped to
+        # the frame as np.clip would, without its per-call overhead
+        (low_x, low_y), (high_x, high_y) = (mesh_xy.min(axis=0).tolist(),
+                                            mesh_xy.max(axis=0).tolist())
+        low_x, high_x = (float(min(max(v, 0.0), width - 1)) for v in (low_x, high_x))
+        low_y, high_y = (float(min(max(v, 0.0), height - 1)) for v in (low_y, high_y))
         return FaceResult(
             found=True,
-            box_xywh=(float(low[0]), float(low[1]),
-                      float(high[0] - low[0]), float(high[1] - low[1])),
+            box_xywh=(low_x, low_y, high_x - low_x, high_y - low_y),
             landmarks_xy=_read_only(landmarks_xy),
             crop_rgb=_read_only(crop_rgb),
             crop_from_source=_read_only(crop_from_source),
-            scale=float(np.hypot(crop_from_source[0, 0], crop_from_source[1, 0])),
+            scale=scale,
             roll_deg=float(np.degrees(np.arctan2(-crop_from_source[1, 0], crop_from_source[0, 0]))),
             alignment_rms_px=float(np.sqrt(np.mean(np.sum(residual_px**2, axis=1)))),
             mesh_xy=_read_only(mesh_xy),
