@@ -12,7 +12,8 @@ tree are the median over its rounds, and every tree is given as a ratio to the f
   preview, a free loopback port): the process's CPU time per frame from capture start to the
   end (every thread), fps, drops, capture-to-publish/emotion p50 and p99, the engine, and
   whether torch was imported during the run;
-- `parts`: microbenchmarks of the pieces changed (microseconds per call, best of 5):
+- `parts`: microbenchmarks of the pieces changed (microseconds per call, best of 5;
+  `front_parts` says what the face and message ones time):
   `slot_step` a SlotRunner step of one stream around an engine that returns ready arrays (the
   copies and the non-finite guard, no model), `ring_window_*` an AudioRing window read with the
   frame's time 0, 40 and 300 audio blocks behind the newest, and `engine_run` the runner's
@@ -120,6 +121,7 @@ def child_parts() -> dict:
 
     handle = SlotRunner(Ready(), 1).join()
     out["slot_step"] = _best_us(lambda: handle.step(spectrum, face), 2000)
+    out.update(front_parts(engine, outputs, next_state, state))
     for behind in (0, 40, 300):
         ring = AudioRing(16000 * 10, 16000, blocking=False)
         t, times = 0, []
@@ -130,6 +132,64 @@ def child_parts() -> dict:
         t_frame = times[-1 - behind] + 1000
         out[f"ring_window_{behind}"] = _best_us(lambda: ring.window_ending_at(t_frame, 1024),
                                                 2000)
+    return out
+
+
+def front_parts(engine, outputs, next_state, state) -> dict:
+    """The worker's Python glue around the native parts, on a real frame of the demo clip (an
+    offline run of 30 frames gives the face, the spectrum and the model's messages):
+    `face_mesh_px` MediaPipe's landmarks to source pixels, `face_align` the five points, the
+    similarity, the crop and the face's fields, `face_message` the `face` message,
+    `pack_messages` the frame's four messages packed (rounded, encoded, checked), and
+    `model_stage_glue` a ModelStage step around an engine that returns ready arrays (the input
+    and output conversions, the runner, the emotion features and estimator, the messages)."""
+    import cv2
+
+    from streamav.bench.pipeline import free_endpoint
+    from streamav.config import load_config
+    from streamav.data import default_model_folder, demo_clip_path
+    from streamav.frontend.face import FaceFrontEnd, mesh_in_crop
+    from streamav.live import build_pipeline
+    from streamav.model_stage import ModelStage
+    from streamav.pipeline import face_message
+    from streamav.stream_slots import SlotRunner
+    from streamav.wire import protocol
+
+    got: list = []
+    config = load_config(None, {
+        "source.video": str(demo_clip_path()), "run.realtime": False, "run.preview": False,
+        "run.max_frames": 30, "publish.endpoint": free_endpoint(),
+        "publish.control_endpoint": "none"})
+    build_pipeline(config, on_frame=got.append).run()
+    result = [r for r in got if r.model is not None][-1]
+    face, frame, model = result.face, result.frame, result.model
+    front = FaceFrontEnd()
+    front.start()
+    image_rgb = cv2.cvtColor(frame.image_bgr, cv2.COLOR_BGR2RGB)
+    landmarks = front._mesh.process(image_rgb).multi_face_landmarks[0]
+    height, width = image_rgb.shape[:2]
+    mesh_xy = FaceFrontEnd._mesh_px(landmarks, width, height)
+    out = {"face_mesh_px": _best_us(lambda: FaceFrontEnd._mesh_px(landmarks, width, height),
+                                    2000),
+           "face_align": _best_us(lambda: front._aligned(image_rgb, mesh_xy), 1000),
+           "face_message": _best_us(lambda: face_message(face, frame), 2000)}
+    front.stop()
+    messages = (face_message(face, frame), model.emotion, model.denoised, model.latent)
+    out["pack_messages"] = _best_us(lambda: [protocol.pack_message(m) for m in messages], 2000)
+
+    class Ready:  # the engine's interface, its outputs made once
+        label, labels, batch = "ready", ("x",), 1
+
+        def initial_state(self):
+            return tuple(s.copy() for s in state)
+
+        def run(self, spectrum, face_in, state_in):
+            return outputs, next_state
+
+    stage = ModelStage(default_model_folder(), slot=SlotRunner(Ready(), 1).join())
+    stage.start()
+    crop, spectrum, mesh_crop = face.crop_rgb, result.spectrum, mesh_in_crop(face)
+    out["model_stage_glue"] = _best_us(lambda: stage.step(crop, spectrum, 7, mesh_crop), 1000)
     return out
 
 
