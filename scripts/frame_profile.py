@@ -109,7 +109,9 @@ class Meter:
             owner_path, _, name = path.rpartition(".")
             owner = functools.reduce(getattr, owner_path.split("."), module) if owner_path \
                 else module
-            raw = owner.__dict__[name]
+            raw = owner.__dict__.get(name)
+            if raw is None:  # a tree from before that function: its cost is its caller's
+                continue
             if isinstance(raw, staticmethod):
                 setattr(owner, name, staticmethod(self.wrap(raw.__func__, label)))
             else:
@@ -208,7 +210,8 @@ def main() -> None:
         print(f"  {ms:8.3f}  {name}")
     print(f"  {'incl ms':>8} {'excl ms':>8} {'calls':>6}  part (per frame)")
     for label, row in result["parts"].items():
-        print(f"  {row['incl_ms']:8.3f} {row['excl_ms']:8.3f} {row['calls_per_frame']:6.2f}  {label}")
+        print(f"  {row['incl_ms']:8.3f} {row['excl_ms']:8.3f} {row['calls_per_frame']:6.2f}"
+              f"  {label}")
     sys.stdout.flush()
 
 
