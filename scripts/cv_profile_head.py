@@ -7,7 +7,7 @@
 Per fold: 4 test speakers, 3 validation, the rest train; the estimator is refitted on the
 training speakers with the shipped estimator's settings (`fit_estimator`, ~20 s), then each test
 speaker is calibrated with k = 1 and 2 clips per class and read 2 s into each of their other
-clips, as `streamav eval`'s per-user row does (2 draws). Variants: the shipped rule
+clips, by `streamav eval`'s own per-user protocol (`per_user`, 2 draws). Variants: the shipped rule
 (`fit_profile`), and a person head of fixed L2 always fitted. Prints the running accuracy after
 each fold (~2-3 min in all on 2 cores). Needs no torch.
 """
@@ -23,8 +23,8 @@ import numpy as np
 
 import streamav.emotion.fit as F
 from streamav.data import default_model_folder
-from streamav.emotion.estimator import EmotionEstimator, EmotionStream
-from streamav.evaluate.emotion import probabilities, read_at
+from streamav.emotion.estimator import EmotionEstimator
+from streamav.evaluate.emotion import per_user
 from streamav.train.sequences import load_clips
 
 FIXED_L2 = (0.1, 1.0, 10.0, 100.0)
@@ -32,7 +32,7 @@ FIXED_L2 = (0.1, 1.0, 10.0, 100.0)
 
 def always(l2: float):
     """A person head of this L2 for everyone with two labels or more."""
-    def fit(estimator, name, clips):
+    def fit(estimator, name, clips, **_):
         profile = F._baseline_profile(estimator, name, clips)
         if len(profile.labels_seen) >= 2:
             x, y = F._calibration_examples(estimator, profile, clips)
@@ -40,31 +40,6 @@ def always(l2: float):
                                                            l2, 300, 0.5)
         return profile
     return fit
-
-
-def per_user(estimator, clips, k: int, draws: int, fit, at_s: float = 2.0) -> tuple[int, int]:
-    """(right, tested): the protocol of streamav.evaluate.emotion.per_user with `fit`."""
-    index = {name: i for i, name in enumerate(estimator.labels)}
-    right = tested = 0
-    for draw in range(draws):
-        for speaker in sorted({c.speaker for c in clips}):
-            mine = [c for c in clips if c.speaker == speaker]
-            rng = np.random.default_rng([0, 53, k, draw, *speaker.encode()])
-            calibration, tests = [], []
-            for label in sorted({c.label for c in mine}):
-                pool = [c for c in mine if c.label == label]
-                order = rng.permutation(len(pool))
-                keep = min(k, len(pool) - 1)  # one clip of the class left to test on
-                calibration += [pool[i] for i in order[:keep]]
-                tests += [pool[i] for i in order[keep:]]
-            profile = fit(estimator, speaker, calibration)
-            for clip in tests:
-                stream = EmotionStream(estimator, clip.fps, profile)
-                run = F.run_clip(stream, clip)
-                p = read_at(probabilities(estimator, run, stream), clip.fps, at_s)
-                right += int(np.argmax(p) == index[clip.label])
-                tested += 1
-    return right, tested
 
 
 def main() -> int:
@@ -91,10 +66,10 @@ def main() -> int:
         mine = [c for c in clips if c.speaker in test]
         for k in (1, 2):
             for name, fit in variants.items():
-                right, tested = per_user(estimator, mine, k, 2, fit)
+                result = per_user(estimator, mine, ks=(k,), draws=2, fit=fit)["by_k"][str(k)]
                 total = totals.setdefault(f"k={k} {name}", [0, 0])
-                total[0] += right
-                total[1] += tested
+                total[0] += round(result["accuracy"] * result["tested"])
+                total[1] += result["tested"]
         print(f"fold {fold} ({time.time() - started:.0f} s):",
               {key: round(r / n, 3) for key, (r, n) in totals.items()}, flush=True)
     if args.json:

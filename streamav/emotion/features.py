@@ -44,14 +44,9 @@ def geometry_features(mesh_crop_xy: np.ndarray, crop_size_px: int = 64) -> np.nd
     return (mesh / float(crop_size_px)).reshape(*mesh.shape[:-2], GEOMETRY_DIM)
 
 
-_FREQS_HZ = np.arange(_N_FFT // 2 + 1) * _BIN_HZ  # (513,) each bin's frequency
-
-
 def prosody_features(spectrum: np.ndarray) -> np.ndarray:
     """(..., 513) power spectra → (..., 13) float32 prosody features (see the module doc)."""
     power = np.asarray(spectrum, np.float64)
-    if power.shape == _FREQS_HZ.shape:  # one frame: the live path
-        return _frame_prosody(power)
     lead = power.shape[:-1]
     power = power.reshape(-1, power.shape[-1])
     out = np.zeros((power.shape[0], PROSODY_DIM), np.float64)
@@ -75,30 +70,6 @@ def prosody_features(spectrum: np.ndarray) -> np.ndarray:
         out[live, 11] = strength
         out[live, 12] = voiced
     return out.reshape(*lead, PROSODY_DIM).astype(np.float32)
-
-
-def _frame_prosody(power: np.ndarray) -> np.ndarray:
-    """One (513,) float64 spectrum → (13,) float32: `prosody_features`'s arithmetic for a single
-    row, operation for operation (the same bytes, tests/test_frame_glue.py), without the masks
-    and gathers a batch needs: about half the time of a batch of one (BENCHMARKS.md, issue 13)."""
-    out = np.zeros(PROSODY_DIM, np.float64)
-    total = power.sum()
-    if not total > _SILENCE_POWER:
-        return out.astype(np.float32)
-    out[0] = np.log10(total)
-    bands = np.array([power[lo:hi].sum() for lo, hi in _BAND_BINS])  # (8,)
-    out[1:9] = np.log10(bands / total + 1e-9) / 9.0 + 1.0  # 0 .. 1
-    out[9] = (power[None] @ _FREQS_HZ)[0] / total / 1000.0  # a (1, 513) row, as in a batch
-    cepstrum = np.fft.irfft(np.log(power + 1e-10 * total))
-    lo, hi = _PITCH_QUEFRENCY
-    window = cepstrum[lo:hi + 1]
-    peak = int(window.argmax())
-    strength = window[peak]
-    if strength > _VOICED_CEPSTRUM:
-        out[10] = np.log2(_SAMPLE_RATE_HZ / (lo + peak) / 100.0)
-        out[12] = 1.0
-    out[11] = strength
-    return out.astype(np.float32)
 
 
 def frame_features(groups: tuple[str, ...], *, mesh_crop_xy: np.ndarray | None,

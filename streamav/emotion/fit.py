@@ -339,11 +339,10 @@ def _strong_head_wins(estimator: EmotionEstimator, name: str, rest: Sequence[Cli
     profile = _baseline_profile(estimator, name, rest)
     x, y = _calibration_examples(estimator, profile, rest)
     x_out, y_out = _calibration_examples(estimator, profile, held_out)
-    population = estimator.logits(x_out)
+    fitted_on, population = estimator.logits(x), estimator.logits(x_out)
     right = []
     for l2 in l2s:
-        weights, bias = _person_head(estimator, x, y, estimator.logits(x), l2, steps,
-                                     learning_rate)
+        weights, bias = _person_head(estimator, x, y, fitted_on, l2, steps, learning_rate)
         person = population + x_out @ weights.T + bias  # the stream adds the person's logits
         right.append(np.mean(person.argmax(1) == y_out))
     return bool(right[0] > right[1])

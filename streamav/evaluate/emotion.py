@@ -16,7 +16,7 @@ calibration, expected calibration error, and feature ablations.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -106,8 +106,9 @@ def new_person_online(estimator: EmotionEstimator, clips: Sequence[ClipFrames], 
 
 def per_user(estimator: EmotionEstimator, clips: Sequence[ClipFrames], *, ks=(1, 2, 5),
              draws: int = 3, seed: int = 0, at_s: float = 2.0,
-             l2: float | None = None) -> dict:
-    """Per-user calibration with k clips per class (module doc)."""
+             l2: float | None = None, fit: Callable = fit_profile) -> dict:
+    """Per-user calibration with k clips per class (module doc); `fit(estimator, name, clips,
+    **kwargs)` makes each profile (scripts/cv_profile_head.py compares other rules)."""
     clips = _labelled(clips, estimator.labels)
     index = {name: i for i, name in enumerate(estimator.labels)}
     by_k = {}
@@ -130,8 +131,8 @@ def per_user(estimator: EmotionEstimator, clips: Sequence[ClipFrames], *, ks=(1,
                     tests += [pool[i] for i in order[k:]]
                 if not calibration or not tests:
                     continue
-                profile = fit_profile(estimator, speaker, calibration,
-                                      **({} if l2 is None else {"l2": l2}))
+                profile = fit(estimator, speaker, calibration,
+                              **({} if l2 is None else {"l2": l2}))
                 for clip in tests:
                     stream = EmotionStream(estimator, clip.fps, profile)
                     run = run_clip(stream, clip)
