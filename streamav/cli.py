@@ -481,6 +481,10 @@ def train(
     threads: int = typer.Option(1, help="PyTorch CPU threads."),
     window_frames: Optional[int] = typer.Option(
         None, help="mdvae, refine: frames per training window (default 30, 48)."),
+    estimator_only: bool = typer.Option(
+        False, "--estimator-only",
+        help="emotion: fit only the emotion estimator (emotion.safetensors + .json); the "
+             "weights, the step's w head and step.onnx stay as they are."),
 ) -> None:
     """Train one stage of the model on a feature cache (resumes after a kill)."""
     _check_outputs(folders=[(out, "--out")])
@@ -488,7 +492,7 @@ def train(
 
     summary = train_stage(stage, cache, out, preset=preset, steps=steps, batch_size=batch_size,
                           learning_rate=lr, seed=seed, device=device, threads=threads,
-                          window_frames=window_frames)
+                          window_frames=window_frames, estimator_only=estimator_only)
     typer.echo(json.dumps(summary))
 
 

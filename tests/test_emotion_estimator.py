@@ -5,6 +5,7 @@ temperatures, profiles on disk."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -53,14 +54,14 @@ def test_baseline_starts_at_the_prior_and_learns_the_person():
         PersonBaseline(prior, fps=30.0, time_constant_s=0.0)
 
 
-def _people(n_people: int, seed: int, clips_per_label: int = 2, frames: int = 75
-            ) -> list[ClipFrames]:
+def _people(n_people: int, seed: int, clips_per_label: int = 2, frames: int = 75,
+            face_sd: float = 3.0) -> list[ClipFrames]:
     """People whose faces differ (offset sd 3) more than their expressions (class offsets 1)."""
     rng = np.random.default_rng(seed)
     expression = np.random.default_rng(99).normal(0, 1.0, (len(LABELS), DIM))
     clips = []
     for p in range(n_people):
-        face = rng.normal(0, 3.0, DIM)
+        face = rng.normal(0, face_sd, DIM)
         for label_index, label in enumerate(LABELS):
             for c in range(clips_per_label):
                 x = face + expression[label_index] + rng.normal(0, 0.5, (frames, DIM))
@@ -81,8 +82,16 @@ def test_a_new_person_is_recognised_once_their_baseline_is_learnt(fitted):
     assert report["accuracy"]["online_2s"] >= 0.9, report
     # identity dominates the raw features: without the person's baseline a head does worse
     assert report["calibration"]["ece"] <= 0.1, report["calibration"]
-    # the young baseline (first second of a person) is trusted less than the mature one
-    assert fitted.temperatures[0] >= fitted.temperatures[-1]
+    # the young baseline (first second of a person) is trusted less than the mature one: by
+    # the age's temperature, the unfamiliarity of a face the baseline has not yet learnt, or both
+    stream, temperatures, ages = EmotionStream(fitted, 30.0), [], []
+    for clip in _people(1, 9, clips_per_label=3):
+        for x in clip.features:
+            smoothed = stream.smooth(x)
+            temperatures.append(float(stream.temperature(stream.baseline_age_s, smoothed)))
+            ages.append(stream.baseline_age_s)
+    temperatures, ages = np.array(temperatures), np.array(ages)
+    assert temperatures[ages < 1.0].mean() > temperatures[ages >= 10.0].mean()
 
 
 def test_a_profile_helps_and_round_trips(fitted, tmp_path, monkeypatch):
@@ -153,6 +162,36 @@ def test_the_person_heads_strength_follows_how_well_the_population_head_reads_th
     assert fit_profile(fitted, "mixed", mixed).head_l2 == LIGHT_HEAD_L2
 
 
+def test_a_face_unlike_the_training_faces_is_read_with_less_confidence(fitted):
+    """The unfamiliarity: frames far from the training examples get a larger temperature (not
+    with a profile's own head); fitted > 0 when the validation people's faces vary more than
+    the training people's (their young-baseline frames are then far out and often wrong)."""
+    assert fitted.familiar_basis is not None and fitted.familiar_basis.shape[1] == DIM
+    assert fitted.unfamiliarity(fitted.familiar_mean) == pytest.approx(1.0)
+    strict = replace(fitted, familiarity_gamma=1.0)
+    clip = _people(1, 7)[0]
+    typical = run_clip(EmotionStream(strict, 30.0), clip).smoothed[10]
+    stranger = strict.familiar_mean + 8.0 * (typical - strict.familiar_mean)
+    r_typical = np.linalg.norm((typical - strict.familiar_mean) @ strict.familiar_basis.T)
+    assert 8.0 * r_typical > 1.0
+    assert strict.unfamiliarity(stranger) == pytest.approx(8.0 * r_typical)
+    assert strict.unfamiliarity(typical) == pytest.approx(max(1.0, r_typical))
+    assert strict.temperature(0.5, stranger) > strict.temperature(0.5)
+    plain = EmotionStream(strict, 30.0)
+    confident = plain.step(stranger).confidence
+    assert EmotionStream(replace(strict, familiarity_gamma=0.0), 30.0).step(stranger
+                                                                         ).confidence > confident
+    # a profile with the person's own head knows this person: no unfamiliarity
+    person = _people(1, 8, clips_per_label=2)
+    profile = fit_profile(strict, "known", person)
+    known = EmotionStream(strict, 30.0, profile)
+    assert known.knows_person
+    assert known.temperature(known.baseline_age_s, stranger) == strict.temperature(np.inf)
+    wide = fit_estimator(_people(12, 0), _people(8, 1, face_sd=9.0), LABELS,
+                         EmotionSettings(groups=("w",)))
+    assert wide.familiarity_gamma > 0.0, wide.metrics
+
+
 def test_estimator_files_round_trip(fitted, tmp_path):
     fitted.save(tmp_path)
     loaded = EmotionEstimator.load(tmp_path)
@@ -160,7 +199,18 @@ def test_estimator_files_round_trip(fitted, tmp_path):
     a = run_clip(EmotionStream(fitted, 30.0), clip).smoothed[-1]
     b = run_clip(EmotionStream(loaded, 30.0), clip).smoothed[-1]
     assert np.allclose(fitted.logits(a), loaded.logits(b), atol=1e-3)
+    assert loaded.familiarity_gamma == fitted.familiarity_gamma
+    assert np.allclose(loaded.unfamiliarity(b), fitted.unfamiliarity(a), rtol=1e-3)
     meta = json.loads((tmp_path / "emotion.json").read_text())
+    # a format-1 file (before the unfamiliarity) still loads, without it
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(str(tmp_path / "emotion.safetensors"))
+    save_file({k: v for k, v in arrays.items() if not k.startswith("familiar")},
+              str(tmp_path / "emotion.safetensors"))
+    (tmp_path / "emotion.json").write_text(json.dumps({**meta, "format_version": 1}))
+    old = EmotionEstimator.load(tmp_path)
+    assert old.familiar_basis is None and np.all(old.unfamiliarity(np.ones((3, DIM))) == 1.0)
     meta["format_version"] = 99
     (tmp_path / "emotion.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="format 99"):

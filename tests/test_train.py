@@ -57,6 +57,21 @@ def test_stages_train_resume_and_write_a_model(cache, tmp_path):
     assert set(meta["extra"]["training"]) == {"vqvae-audio", "vqvae-visual", "mdvae", "emotion"}
     probs = model.emotion(torch.zeros(1, model.cfg.mdvae.w_dim))
     assert torch.allclose(probs.sum(), torch.tensor(1.0))
+    # --estimator-only: the estimator is fitted again, the weights and config are not touched
+    weights, config = (out / "model.safetensors").read_bytes(), (out / "config.json").read_bytes()
+    for name in ("emotion.json", "emotion.safetensors"):
+        (out / name).unlink()
+    only = train_stage("emotion", cache, out, estimator_only=True)
+    assert only["estimator"]["train_frames"] > 50 and "examples" not in only
+    assert (out / "emotion.safetensors").is_file() and (out / "emotion.json").is_file()
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert (out / "config.json").read_bytes() == config
+    from streamav.errors import InputError
+
+    with pytest.raises(InputError, match="emotion stage"):
+        train_stage("mdvae", cache, out, estimator_only=True)
+    with pytest.raises(InputError, match="has none"):
+        train_stage("emotion", cache, tmp_path / "no-model", estimator_only=True)
 
 
 def test_train_cli_errors_are_one_line(tmp_path):

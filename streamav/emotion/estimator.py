@@ -15,6 +15,13 @@ of a new person the baseline is mostly the population's, the features still carr
 face shape, and the head is often wrong, so the fitted temperature is high and the
 probabilities flat. `uncertain` is set while the top probability is below `uncertain_below`.
 
+Without a profile's own head, T is also multiplied by the frame's *unfamiliarity*
+max(1, r_t) ** gamma, r_t = the distance of s_t from the training examples' mean in their
+whitened principal components (the space the head reads), in units of the training examples'
+median distance. A face unlike every training face (a real person far from the synthetic ones
+the head was fitted on) gets flatter probabilities instead of a confident guess. gamma is fitted
+with T(age) on the validation speakers (NLL; 0 turns it off, as in format-1 files).
+
 Everything is numpy: the estimator runs the same after any engine (it reads the step's w when
 it uses w), and without PyTorch. Stored next to the model as `emotion.safetensors` (arrays) +
 `emotion.json` (labels, settings, metrics).
@@ -35,7 +42,8 @@ from streamav.errors import InputError
 
 ESTIMATOR_ARRAYS = "emotion.safetensors"
 ESTIMATOR_META = "emotion.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: + the unfamiliarity (familiar_mean, familiar_basis, gamma)
+READABLE_VERSIONS = (1, 2)
 AGE_EDGES_S = (1.0, 3.0, 10.0, 30.0)  # baseline age buckets: <1, 1-3, 3-10, 10-30, >=30 s
 
 
@@ -82,6 +90,10 @@ class EmotionEstimator:
     class_offsets: np.ndarray  # (C, D) a class's mean features minus the person's average
     feature_scale: np.ndarray  # (D,) std of the training examples' smoothed features
     metrics: dict = field(default_factory=dict)
+    # the unfamiliarity (module doc): r_t = |(s_t - familiar_mean) @ familiar_basis.T|
+    familiar_mean: np.ndarray | None = None  # (D,)
+    familiar_basis: np.ndarray | None = None  # (K, D) whitening / median training distance
+    familiarity_gamma: float = 0.0
 
     @property
     def dim(self) -> int:
@@ -90,8 +102,19 @@ class EmotionEstimator:
     def logits(self, smoothed: np.ndarray) -> np.ndarray:
         return np.asarray(smoothed, np.float64) @ self.weights.T.astype(np.float64) + self.bias
 
-    def temperature(self, age_s: float | np.ndarray) -> np.ndarray:
-        return self.temperatures[np.searchsorted(AGE_EDGES_S, age_s, side="right")]
+    def temperature(self, age_s: float | np.ndarray, smoothed: np.ndarray | None = None
+                    ) -> np.ndarray:
+        """T(age), times the unfamiliarity of `smoothed` (frames, (..., D)) when given."""
+        base = self.temperatures[np.searchsorted(AGE_EDGES_S, age_s, side="right")]
+        return base if smoothed is None else base * self.unfamiliarity(smoothed)
+
+    def unfamiliarity(self, smoothed: np.ndarray) -> np.ndarray:
+        """max(1, r) ** gamma per frame (module doc); ones when gamma is 0."""
+        smoothed = np.asarray(smoothed, np.float64)
+        if self.familiarity_gamma == 0.0 or self.familiar_basis is None:
+            return np.ones(smoothed.shape[:-1])
+        r = np.linalg.norm((smoothed - self.familiar_mean) @ self.familiar_basis.T, axis=-1)
+        return np.maximum(r, 1.0) ** self.familiarity_gamma
 
     def stream(self, fps: float, profile: "Profile | None" = None) -> "EmotionStream":
         return EmotionStream(self, fps, profile)
@@ -106,11 +129,13 @@ class EmotionEstimator:
         arrays = {"prior_mean": self.prior_mean, "weights": self.weights, "bias": self.bias,
                   "temperatures": self.temperatures, "class_offsets": self.class_offsets,
                   "feature_scale": self.feature_scale}
+        if self.familiar_basis is not None:
+            arrays.update(familiar_mean=self.familiar_mean, familiar_basis=self.familiar_basis)
         (folder / ESTIMATOR_ARRAYS).write_bytes(
             save({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}))
         meta = {"format_version": FORMAT_VERSION, "labels": list(self.labels),
                 "settings": asdict(self.settings), "age_edges_s": list(AGE_EDGES_S),
-                "metrics": self.metrics}
+                "familiarity_gamma": float(self.familiarity_gamma), "metrics": self.metrics}
         (folder / ESTIMATOR_META).write_text(json.dumps(meta, indent=1) + "\n")
 
     @staticmethod
@@ -130,16 +155,23 @@ class EmotionEstimator:
                              f"{ESTIMATOR_ARRAYS}); fit one with `streamav train emotion`") from None
         except Exception as exc:  # noqa: BLE001 - any damage (safetensors' own error included)
             raise InputError(f"cannot read the emotion estimator in {folder}: {exc}") from None
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise InputError(f"{folder / ESTIMATOR_META}: format {meta.get('format_version')}, "
-                             f"this streamav reads {FORMAT_VERSION}")
+                             f"this streamav reads {' and '.join(map(str, READABLE_VERSIONS))}")
         settings = EmotionSettings(**{**meta["settings"],
                                       "groups": tuple(meta["settings"]["groups"])})
         return cls(tuple(meta["labels"]), settings,
                    *(arrays[k].astype(np.float64) for k in
                      ("prior_mean", "weights", "bias", "temperatures", "class_offsets",
                       "feature_scale")),
-                   metrics=meta.get("metrics", {}))
+                   metrics=meta.get("metrics", {}),
+                   familiar_mean=_float64(arrays.get("familiar_mean")),
+                   familiar_basis=_float64(arrays.get("familiar_basis")),
+                   familiarity_gamma=float(meta.get("familiarity_gamma", 0.0)))
+
+
+def _float64(array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else array.astype(np.float64)
 
 
 @dataclass
@@ -181,6 +213,15 @@ class EmotionStream:
         self._weight = 0.0
 
     @property
+    def knows_person(self) -> bool:
+        """A profile with the person's own head: its frames are familiar, no unfamiliarity."""
+        return self.profile is not None and self.profile.weights is not None
+
+    def temperature(self, age_s: float | np.ndarray, smoothed: np.ndarray) -> np.ndarray:
+        """The estimator's temperature for these frames (no unfamiliarity with a person head)."""
+        return self.estimator.temperature(age_s, None if self.knows_person else smoothed)
+
+    @property
     def baseline_age_s(self) -> float:
         if self.baseline.fixed is not None:
             return float("inf")
@@ -205,7 +246,7 @@ class EmotionStream:
 
     def step(self, features: np.ndarray) -> EmotionReading:
         smoothed = self.smooth(features)
-        logits = self.logits(smoothed) / self.estimator.temperature(self.baseline_age_s)
+        logits = self.logits(smoothed) / self.temperature(self.baseline_age_s, smoothed)
         probs = softmax(logits)
         top = int(np.argmax(probs))
         confidence = float(probs[top])

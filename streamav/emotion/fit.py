@@ -5,8 +5,11 @@ through one `EmotionStream`, so the person's baseline is carried from clip to cl
 a live run (it starts at the population prior and learns the person over the session). The head
 is fitted on the training speakers' smoothed, normalised features (frames from
 `SKIP_CLIP_START_S` into each clip, where the previous clip's expression has faded from the
-smoothing); the temperature per baseline-age bucket is fitted on the validation speakers'
-sessions by minimising the negative log-likelihood.
+smoothing); the temperature per baseline-age bucket and the unfamiliarity's exponent
+(`EmotionEstimator.unfamiliarity`) are fitted on the validation speakers by minimising the
+negative log-likelihood, over their sessions and over each of their clips played alone (a new
+person seen for a few seconds, as a short live run or a GRID clip is: without them the young
+buckets hold only the first clip of each session).
 
 A profile (`fit_profile`) is fitted on one person's labelled calibration clips: its fixed
 baseline estimates the person's average expression (what the head reads features against):
@@ -49,6 +52,7 @@ SKIP_CLIP_START_S = 0.5
 FRAME_STRIDE = 3  # every third frame of a clip is a training example (neighbours are alike)
 TEMPERATURE_GRID = np.geomspace(0.25, 40.0, 81)
 MIN_BUCKET_FRAMES = 50
+GAMMA_GRID = np.arange(0.0, 3.01, 0.25)  # the unfamiliarity's exponent (0: off)
 # The population head: logistic regression on the whitened principal components holding 99.9 %
 # of the training features' variance (~33 of 949 on synthetic faces), L2 3e-3, 1,500 steps;
 # chosen by 5-fold speaker cross-validation on synth20 (docs/model.md "Emotion: the estimator").
@@ -202,6 +206,39 @@ def fit_temperatures(logits: np.ndarray, truth: np.ndarray, ages: np.ndarray) ->
     return temperatures
 
 
+def familiarity_basis(x: np.ndarray, variance: float = HEAD_WHITEN_VARIANCE
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), basis (K, D)) of the training examples `x`: the whitening projection onto the
+    principal components holding `variance`, divided by sqrt(K) and by the training examples'
+    median distance, so that r = |(s - mean) @ basis.T| is 1 for a typical training frame."""
+    mean = x.mean(axis=0)
+    _, singular, vt = np.linalg.svd((x - mean) / np.sqrt(len(x)), full_matrices=False)
+    share = np.cumsum(singular ** 2) / np.sum(singular ** 2)
+    k = max(1, int(np.searchsorted(share, variance) + 1))
+    basis = vt[:k] / np.maximum(singular[:k], 1e-12)[:, None] / np.sqrt(k)
+    median = float(np.median(np.linalg.norm((x - mean) @ basis.T, axis=1)))
+    return mean, basis / max(median, 1e-12)
+
+
+def fit_confidence(estimator: EmotionEstimator, x: np.ndarray, truth: np.ndarray,
+                   ages: np.ndarray) -> tuple[float, np.ndarray]:
+    """(gamma, temperatures) minimising the NLL of validation frames `x` (smoothed features):
+    for each gamma of `GAMMA_GRID`, the per-bucket temperatures of the logits divided by the
+    unfamiliarity; the gamma whose NLL is lowest."""
+    logits = estimator.logits(x)
+    best = (np.inf, 0.0, np.ones(len(AGE_EDGES_S) + 1))
+    for gamma in GAMMA_GRID:
+        estimator.familiarity_gamma = float(gamma)
+        scaled = logits / estimator.unfamiliarity(x)[:, None]
+        temperatures = fit_temperatures(scaled, truth, ages)
+        p = softmax(scaled / temperatures[np.searchsorted(AGE_EDGES_S, ages, side="right")]
+                    [:, None])
+        nll = -float(np.mean(np.log(p[np.arange(len(truth)), truth] + 1e-12)))
+        if nll < best[0] - 1e-9:
+            best = (nll, float(gamma), temperatures)
+    return best[1], best[2]
+
+
 def fit_estimator(train: Sequence[ClipFrames], val: Sequence[ClipFrames],
                   labels: Sequence[str], settings: EmotionSettings = EmotionSettings(), *,
                   l2: float = HEAD_L2, seed: int = 0) -> EmotionEstimator:
@@ -220,14 +257,19 @@ def fit_estimator(train: Sequence[ClipFrames], val: Sequence[ClipFrames],
     estimator.weights = head.weights.astype(np.float64)
     estimator.bias = head.bias.astype(np.float64)
     estimator.feature_scale = x.std(axis=0) + 1e-6
+    estimator.familiar_mean, estimator.familiar_basis = familiarity_basis(x)
     if val:
-        xv, yv, age_v = examples(run_sessions(estimator, val, seed), labels)
-        estimator.temperatures = fit_temperatures(estimator.logits(xv), yv, age_v)
+        alone = [run_clip(estimator.stream(clip.fps), clip) for clip in val]
+        xv, yv, age_v = examples(run_sessions(estimator, val, seed) + alone, labels)
+        estimator.familiarity_gamma, estimator.temperatures = fit_confidence(estimator, xv, yv,
+                                                                             age_v)
     estimator.metrics = {"train_frames": int(len(y)),
                          "train_speakers": len({c.speaker for c in train}),
                          "val_speakers": len({c.speaker for c in val}),
                          "train_accuracy": float(np.mean(estimator.logits(x).argmax(1) == y)),
-                         "temperatures": estimator.temperatures.round(3).tolist()}
+                         "temperatures": estimator.temperatures.round(3).tolist(),
+                         "familiarity_gamma": estimator.familiarity_gamma,
+                         "familiarity_dims": int(estimator.familiar_basis.shape[0])}
     return estimator
 
 

@@ -34,9 +34,12 @@ def probabilities(estimator: EmotionEstimator, run: ClipRun,
     logits = np.full((len(run.smoothed), len(estimator.labels)), np.nan)
     seen = ~np.isnan(run.age_s)
     if seen.any():
-        raw = (stream.logits(run.smoothed[seen]) if stream is not None
-               else estimator.logits(run.smoothed[seen]))
-        logits[seen] = raw / estimator.temperature(run.age_s[seen])[:, None]
+        smoothed, age = run.smoothed[seen], run.age_s[seen]
+        if stream is not None:
+            raw, temperature = stream.logits(smoothed), stream.temperature(age, smoothed)
+        else:
+            raw, temperature = estimator.logits(smoothed), estimator.temperature(age, smoothed)
+        logits[seen] = raw / temperature[:, None]
     return softmax(logits)
 
 
