@@ -106,6 +106,12 @@ def test_a_profile_helps_and_round_trips(fitted, tmp_path, monkeypatch):
     loaded = profiles.load_profile("ana", fitted)
     direct = fit_profile(fitted, "ana", mine[:4])
     assert np.allclose(loaded.baseline, direct.baseline, atol=1e-4)
+    # a profile saved for another estimator (here: other temperatures) is refitted on load
+    hotter = replace(fitted, temperatures=fitted.temperatures * 2.0)
+    refit = profiles.load_profile("ana", hotter)
+    assert refit.weights is not None and loaded.weights is not None
+    assert np.allclose(refit.weights, fit_profile(hotter, "ana", mine[:4]).weights, atol=1e-4)
+    assert not np.allclose(refit.weights, loaded.weights, atol=1e-4)
     assert [p["name"] for p in profiles.list_profiles()] == ["ana"]
     # bad input: nothing overwritten
     before = (profiles.profiles_dir() / "ana.json").read_text()

@@ -60,8 +60,9 @@ def profile_exists(name: str) -> bool:
 
 def fingerprint(estimator: EmotionEstimator) -> str:
     digest = hashlib.sha256()
+    # everything fit_profile reads (the person head is scaled by the mature temperature)
     for array in (estimator.prior_mean, estimator.weights, estimator.bias,
-                  estimator.class_offsets, estimator.feature_scale):
+                  estimator.class_offsets, estimator.feature_scale, estimator.temperatures):
         digest.update(np.ascontiguousarray(array, np.float32).tobytes())
     digest.update(json.dumps(list(estimator.labels)).encode())
     return digest.hexdigest()[:16]
