@@ -29,7 +29,10 @@ motion-adaptive filter in the identity path (`--motion-share 0.8`, MDVAE gate th
 the MDVAE face only inside an ellipse over eyes and mouth; all defaults now; no training:
 set_motion_share rewrites the folder's config). v2.5 is v2.4 with the filter made
 noise-adaptive (NOISE_ADAPTIVE, again only the config). v2.6 is v2.5 with the MDVAE face's low
-frequencies taken from the VQ-VAE face (MDVAE_LOW_PASS_FROM_VQ_PX, only the config). All stages take
+frequencies taken from the VQ-VAE face (MDVAE_LOW_PASS_FROM_VQ_PX, only the config). v2.7 is
+v2.6 with the emotion estimator alone refitted on a 120-speaker synthetic corpus (`streamav
+corpus synth --speakers 120 --sentences 1 --seed 0`, cached with --split-seed 0, then `streamav
+train emotion --estimator-only --cache <it> --out <model>`: MODEL_CARD.md). All stages take
 --device cuda through `streamav train` unchanged.
 """
 

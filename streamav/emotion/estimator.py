@@ -17,8 +17,8 @@ probabilities flat. `uncertain` is set while the top probability is below `uncer
 
 Without a profile's own head, T is also multiplied by the frame's *unfamiliarity*
 max(1, r_t) ** gamma, r_t = the distance of s_t from the training examples' mean in their
-whitened principal components (the space the head reads), in units of the training examples'
-median distance. A face unlike every training face (a real person far from the synthetic ones
+whitened principal components (those holding 99.9 % of the variance, as for the head), in units
+of the training examples' median distance. A face unlike every training face (a real person far from the synthetic ones
 the head was fitted on) gets flatter probabilities instead of a confident guess. gamma is fitted
 with T(age) on the validation speakers (NLL; 0 turns it off, as in format-1 files).
 
