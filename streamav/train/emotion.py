@@ -23,7 +23,7 @@ from streamav.emotion.estimator import EmotionSettings
 from streamav.emotion.head import EmotionHead, fit_emotion_head
 from streamav.errors import InputError
 from streamav.model.streaming import StreamingModel
-from streamav.train.sequences import load_clips, run_clip
+from streamav.train.sequences import iter_clips, load_clips, run_clip
 
 
 def install_head(model: StreamingModel, head: EmotionHead) -> None:
@@ -73,7 +73,7 @@ def labelled_frames(model: StreamingModel | None, cache: Path, split: str,
     from streamav.emotion.fit import clip_frames
 
     frames = []
-    for clip in load_clips(cache, split):
+    for clip in iter_clips(cache, split):
         if clip.emotion_index < 0:
             continue
         w = (run_clip(model, clip.spectrum, clip.face_crop_rgb).w_mean.numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -34,9 +35,14 @@ def mesh_of(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
 
 def load_clips(cache: Path, split: str | None) -> list[ClipSequence]:
     """Every clip of `split` (None: all) with at least one face, in manifest order."""
+    return list(iter_clips(cache, split))
+
+
+def iter_clips(cache: Path, split: str | None) -> Iterator[ClipSequence]:
+    """`load_clips` one clip at a time: a caller that keeps only some of each clip (the emotion
+    estimator's features) never holds the whole split's face crops (~12 KB a frame)."""
     manifest = load_manifest(cache)
     wanted = None if split in (None, "all") else normalize_split(split)
-    clips = []
     for clip in manifest["clips"]:
         if wanted is not None and clip["split"] != wanted:
             continue
@@ -49,11 +55,10 @@ def load_clips(cache: Path, split: str | None) -> list[ClipSequence]:
         names = clip.get("trace_names") or []
         traces = ({name: np.array(arrays["traces"][:, i], np.float32)
                    for i, name in enumerate(names)} if "traces" in arrays and names else {})
-        clips.append(ClipSequence(clip["clip_id"], clip["speaker"], int(clip["emotion_index"]),
-                                  np.array(arrays["spectrum"], np.float32),
-                                  np.array(arrays["face_crop_rgb"], np.uint8), found, fps, traces,
-                                  mesh_of(arrays)))
-    return clips
+        yield ClipSequence(clip["clip_id"], clip["speaker"], int(clip["emotion_index"]),
+                           np.array(arrays["spectrum"], np.float32),
+                           np.array(arrays["face_crop_rgb"], np.uint8), found, fps, traces,
+                           mesh_of(arrays))
 
 
 @torch.no_grad()
