@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from streamav.config import load_config
 from streamav.data import demo_clip_path
 from streamav.engines.inputs import CalibrationFrames
 from streamav.errors import InputError
@@ -43,6 +42,9 @@ def extract_clip_features(video: str | Path, *, audio: str | Path | None = None,
                           no_audio: bool = False, config_path: Path | None = None,
                           max_frames: int | None = None) -> ClipFeatures:
     """Run the live pipeline offline over a clip and return its per-frame features."""
+    # the live path's modules (PyAV, MediaPipe) load here, not at import: the step benchmark
+    # reads cached calibration frames and runs where neither is installed (a GPU image)
+    from streamav.config import load_config
     from streamav.frontend.face import FaceFrontEnd
     from streamav.pipeline import LivePipeline, NullPublisher
     from streamav.sources.factory import build_sources
@@ -184,10 +186,18 @@ class OfflineInputs:
     """The engines' real inputs (streamav.engines.inputs.EngineInputs). Parity frames: the
     checkout's calibration set when it loads, else the bundled demo clip; both are read once
     per process (and the calibration frames cached on disk by their hash). `calibration`: the
-    INT8 calibration description (a calibration.json or its folder; default: the checkout's)."""
+    INT8 calibration description (a calibration.json or its folder; default: the checkout's).
+    `frames_file`: an .npz with `spectra` and `faces` (model inputs, e.g. the calibration
+    frames' cache file) used as the parity frames instead, on a machine without the front end
+    (scripts/bench_gpu_step.py on a GPU image)."""
 
-    def __init__(self, calibration: Path | str | None = None) -> None:
+    def __init__(self, calibration: Path | str | None = None,
+                 frames_file: Path | str | None = None) -> None:
         self._calibration_path = Path(calibration) if calibration is not None else None
+        self._frames_file = Path(frames_file) if frames_file is not None else None
+        if self._frames_file is not None and not self._frames_file.is_file():
+            raise InputError(f"{self._frames_file}: no such frames file (.npz with spectra "
+                             "and faces)")
 
     def calibration(self) -> CalibrationSet:
         return load_calibration(self._calibration_path)
@@ -195,6 +205,8 @@ class OfflineInputs:
     def reference_source(self) -> str:
         """Where the parity frames come from: the checkout's calibration set when it loads;
         else the demo clip, and why (a stale set must not hide behind its file name)."""
+        if self._frames_file is not None:
+            return str(self._frames_file)
         try:
             load_calibration()
         except InputError as error:
@@ -204,13 +216,23 @@ class OfflineInputs:
     def reference_frames(self, frames: int, cache_dir: Path | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
         """Real model inputs for parity checks and benchmarks, looped to `frames`."""
-        key = str(cache_dir)
+        key = str(self._frames_file or cache_dir)
         if key not in _FRAMES_MEMO:
-            _FRAMES_MEMO[key] = _real_frames(cache_dir)
+            _FRAMES_MEMO[key] = (_saved_frames(self._frames_file) if self._frames_file
+                                 else _real_frames(cache_dir))
         spectra, faces = _FRAMES_MEMO[key]
         reps = -(-frames // spectra.shape[0])
         return (np.ascontiguousarray(np.concatenate([spectra] * reps)[:frames]),
                 np.ascontiguousarray(np.concatenate([faces] * reps)[:frames]))
+
+
+def _saved_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return np.asarray(data["spectra"], np.float32), np.asarray(data["faces"], np.float32)
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"{path}: not a frames file (.npz with spectra and faces): "
+                         f"{error}") from error
 
 
 def _real_frames(cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:

@@ -54,6 +54,7 @@ class StepSettings:
     threads: int = 0  # 0: every core of the process
     model_folder: Path | None = None
     engine_dir: Path | None = None
+    inputs_file: Path | None = None  # .npz of spectra and faces; None: the calibration set
 
 
 @dataclass
@@ -247,7 +248,7 @@ def run_step_bench(settings: StepSettings, console, progress: bool = True
     folder = Path(settings.model_folder) if settings.model_folder else default_model_folder()
     model = load_model(folder).float().eval()
     cache = EngineCache(settings.engine_dir)
-    inputs = OfflineInputs()
+    inputs = OfflineInputs(frames_file=settings.inputs_file)
 
     engines, results = [], []
     for plan in planned:
