@@ -316,3 +316,25 @@ def test_the_checkouts_calibration_set_matches_its_recordings_and_front_end():
     calibration = load_calibration()
     assert len(calibration.recordings) == 6
     assert OfflineInputs().reference_source() == "calibration/calibration.json"
+
+
+def test_saved_frames_file_replaces_the_front_end_and_bad_files_are_one_error(
+        real_frames, tmp_path):
+    """scripts/bench_gpu_step.py on a machine without MediaPipe or PyAV reads the model inputs
+    from an .npz (the calibration frames' cache): the same frames, looped, and a clear error for
+    a missing or foreign file."""
+    spectra, faces = real_frames
+    saved = tmp_path / "frames.npz"
+    np.savez(saved, spectra=spectra[:50], faces=faces[:50])
+    inputs = OfflineInputs(frames_file=saved)
+    assert inputs.reference_source() == str(saved)
+    looped_spectra, looped_faces = inputs.reference_frames(120)
+    assert looped_spectra.shape == (120, *spectra.shape[1:])
+    np.testing.assert_array_equal(looped_faces[:50], faces[:50])
+    np.testing.assert_array_equal(looped_faces[100:120], faces[:20])  # looped
+    with pytest.raises(InputError, match="no such frames file"):
+        OfflineInputs(frames_file=tmp_path / "missing.npz")
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.zeros(3))
+    with pytest.raises(InputError, match="not a frames file"):
+        OfflineInputs(frames_file=foreign).reference_frames(10)
