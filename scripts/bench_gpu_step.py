@@ -56,6 +56,12 @@ def main() -> int:
                         help="an .npz of spectra and faces (e.g. engines/.calibration/"
                              "calibration-*.npz, carried to a GPU machine); default: the "
                              "calibration set through the front end")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms "
+                             "for each shape first)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="TF32 tensor cores for fp32 matmuls too (torch's default: for "
+                             "convolutions only)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
@@ -64,6 +70,11 @@ def main() -> int:
     from streamav.bench import report
     from streamav.bench.step import StepSettings, parse_backends, run_step_bench
 
+    import torch
+
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     batches = _int_list(args.batches)
     frames = _int_list(args.frames)
     frames = frames * len(batches) if len(frames) == 1 else frames
@@ -73,7 +84,8 @@ def main() -> int:
     console = Console(stderr=True)
     out = Console(width=200)  # the whole table, also where stdout is not a terminal
     combined: dict = {"script": "scripts/bench_gpu_step.py", "argv": sys.argv[1:],
-                      "backends": backends_text, "runs": []}
+                      "backends": backends_text, "cudnn_benchmark": args.cudnn_benchmark,
+                      "tf32": args.tf32, "runs": []}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     for batch, n in zip(batches, frames):
         started = time.perf_counter()
