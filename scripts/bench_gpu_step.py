@@ -56,6 +56,8 @@ def main() -> int:
                         help="an .npz of spectra and faces (e.g. engines/.calibration/"
                              "calibration-*.npz, carried to a GPU machine); default: the "
                              "calibration set through the front end")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model folder (default: the shipped model)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms "
                              "for each shape first)")
@@ -91,7 +93,7 @@ def main() -> int:
         started = time.perf_counter()
         settings = StepSettings(backends=parse_backends(backends_text, args.device, batch),
                                 device=args.device, batch=batch, frames=n, warmup=args.warmup,
-                                inputs_file=args.inputs)
+                                inputs_file=args.inputs, model_folder=args.model)
         try:
             document, _ = run_step_bench(settings, console, progress=False)
         except Exception:  # one backend failing must not cost the lease the others' numbers
@@ -101,7 +103,8 @@ def main() -> int:
             console.print(f"bench_gpu_step: batch {batch}: {backends_text} failed; eager alone")
             settings = StepSettings(backends=parse_backends("eager", args.device, batch),
                                     device=args.device, batch=batch, frames=n,
-                                    warmup=args.warmup, inputs_file=args.inputs)
+                                    warmup=args.warmup, inputs_file=args.inputs,
+                                    model_folder=args.model)
             document, _ = run_step_bench(settings, console, progress=False)
             document["failed_backends"] = backends_text
         report.print_step_table(document, out)

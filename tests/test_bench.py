@@ -255,3 +255,30 @@ def test_bad_options_are_exit_2(capsys, tiny_model, args, message):
     assert invoke("bench", "--model", str(tiny_model), *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("streamav: error: ") and message in err
+
+
+def test_gpu_step_script_runs_every_batch_size_from_saved_inputs(tiny_model, tmp_path):
+    """scripts/bench_gpu_step.py (run on a GPU lease with --device cuda) on the CPU: one
+    `streamav bench` step run per batch size, from an .npz of model inputs, all in one JSON."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, spectra=rng.random((20, 513), dtype=np.float32),
+             faces=rng.random((20, 3, 64, 64), dtype=np.float32))
+    out = tmp_path / "gpu.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu_step.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--backends", "eager",
+                           "--batches", "1,3", "--frames", "6", "--warmup", "1",
+                           "--model", str(tiny_model), "--inputs", str(inputs),
+                           "--json", str(out)],
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    document = json.loads(out.read_text())
+    assert [run["settings"]["batch"] for run in document["runs"]] == [1, 3]
+    for run in document["runs"]:
+        assert run["settings"]["inputs"]["source"] == str(inputs)
+        (eager,) = run["backends"]
+        assert eager["frames"] == 6 and eager["latency_ms"]["p50"] > 0
+        assert eager["nonfinite_steps"] == 0
+    assert "step latency ms, cpu, batch 3" in done.stdout
