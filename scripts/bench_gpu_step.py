@@ -12,7 +12,9 @@ the CUDA execution provider. It imports only the model, the engines and the benc
 MediaPipe, PyAV or ZeroMQ), so it runs from a checkout with `PYTHONPATH=.` on a machine that has
 PyTorch, numpy, rich and safetensors - a GPU machine's own image, say.
 
-The combined JSON keeps every run's document (`runs`), the device's name and the load average.
+`--cudnn-benchmark` and `--tf32` set those torch flags for the whole run (the engines leave
+them to the host). The combined JSON keeps every run's document (`runs`), the device's name and
+the load average.
 BENCHMARKS.md ("GPU") keeps the numbers.
 """
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -67,12 +70,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
+    import torch
     from rich.console import Console
 
     from streamav.bench import report
     from streamav.bench.step import StepSettings, parse_backends, run_step_bench
-
-    import torch
 
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.tf32:
@@ -101,10 +103,7 @@ def main() -> int:
             if backends_text == "eager":
                 raise
             console.print(f"bench_gpu_step: batch {batch}: {backends_text} failed; eager alone")
-            settings = StepSettings(backends=parse_backends("eager", args.device, batch),
-                                    device=args.device, batch=batch, frames=n,
-                                    warmup=args.warmup, inputs_file=args.inputs,
-                                    model_folder=args.model)
+            settings = replace(settings, backends=parse_backends("eager", args.device, batch))
             document, _ = run_step_bench(settings, console, progress=False)
             document["failed_backends"] = backends_text
         report.print_step_table(document, out)
