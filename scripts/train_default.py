@@ -32,7 +32,8 @@ noise-adaptive (NOISE_ADAPTIVE, again only the config). v2.6 is v2.5 with the MD
 frequencies taken from the VQ-VAE face (MDVAE_LOW_PASS_FROM_VQ_PX, only the config). v2.7 is
 v2.6 with the emotion estimator alone refitted on a 120-speaker synthetic corpus (`streamav
 corpus synth --speakers 120 --sentences 1 --seed 0`, cached with --split-seed 0, then `streamav
-train emotion --estimator-only --cache <it> --out <model>`: MODEL_CARD.md). All stages take
+train emotion --estimator-only --cache <it> --out <model>`: MODEL_CARD.md); v2.8 is the same
+refit on 240 speakers (`--speakers 240`, whose first 120 are v2.7's). All stages take
 --device cuda through `streamav train` unchanged.
 """
 

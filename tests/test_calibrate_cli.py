@@ -51,9 +51,10 @@ def test_profile_from_first_halves_reads_second_halves(env, tmp_path):
     assert sum(r["top"] == r["label"] for r in rows) >= 5, rows
 
 
-@pytest.mark.xfail(strict=True, reason="issue #10 target not met by the v2.7 head: 1 of 5 "
-                   "(angry and sad read as neutral, fear and happy as surprised); heads fitted on "
-                   "random synthetic speaker subsets get 1-2 of 5 (docs/model.md)")
+@pytest.mark.xfail(strict=True, reason="issue #10 target not met by the v2.8 head: 0 of 5 "
+                   "(angry and sad read as neutral, fear and happy as surprised, disgusted as "
+                   "angry; v2.7: 1); heads fitted on random synthetic speaker subsets get 1-2 of "
+                   "5 (docs/model.md)")
 def test_profile_from_the_neutral_clip_alone(env):
     require_shared_data()
     rows = real.neutral_only(env, CREMA_D_CLIPS)
