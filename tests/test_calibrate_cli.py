@@ -4,8 +4,8 @@ the CLI, with the shipped model, on the real CREMA-D actor (1001) and the real G
 - a profile from the first halves of the six clips gets >= 5 of the six second halves right
   (clip level: the mean probability of the live run's `emotion` messages);
 - a profile from the neutral clip alone gets >= 3 of the other five clips right (issue #10;
-  NOT met by the v2.7 head: 1 of 5, an expected failure; v2.4's 3 of 5 was a lucky draw among
-  heads equally good on synthetic faces, docs/model.md "v2.7 head");
+  NOT met by the v2.8 head: 0 of 5 (v2.7: 1), an expected failure; v2.4's 3 of 5 was a lucky
+  draw among heads equally good on synthetic faces, docs/model.md "v2.7 head" and "v2.8 head");
 - without a profile, the eleven neutral GRID clips come out neutral or uncertain (>= 10 of
   11), none a confident (>= 0.8) other emotion, with at most two `emotion.change` each;
 - bad input (unknown label, a clip with no face, an unreadable profile) is one line, exit 2,
