@@ -239,3 +239,17 @@ def test_grid_training_speakers_are_photo_identities_and_held_out_ones_are_not()
     assert image is not None and image.shape == (288, 360, 3) and image.dtype == np.uint8
     assert {s.name for s in photo.available_sources()} >= {f"grid_{c}" for c, _ in
                                                            photo.GRID_IDENTITIES}
+
+
+def test_a_cache_of_it_is_described_by_the_command_that_regenerates_it(corpus: Path,
+                                                                        tmp_path: Path) -> None:
+    """Model cards and emotion.json name their training data by `describe_cache`: the synth
+    command (subsets included), never the local folder."""
+    from streamav.corpus.cache import build_cache, describe_cache
+
+    build_cache(corpus, "synth", tmp_path / "cache", workers=0)
+    text = describe_cache(tmp_path / "cache")
+    assert text == ("a cache of `streamav corpus synth --speakers 2 --sentences 2 --seed 11 "
+                    "--emotions happy,sad --intensities 3` (generator "
+                    f"{json.loads((corpus / 'manifest.json').read_text())['generator_version']})")
+    assert str(tmp_path) not in text and str(corpus) not in text

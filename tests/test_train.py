@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,9 @@ def test_stages_train_resume_and_write_a_model(cache, tmp_path):
         (out / name).unlink()
     only = train_stage("emotion", cache, out, estimator_only=True)
     assert only["estimator"]["train_frames"] > 50 and "examples" not in only
+    root = Path(json.loads((cache / "manifest.json").read_text())["root"])
+    assert only["estimator"]["cache"] == (f"a cache of the crema-d corpus {root.name!r}, "
+                                          "--split-seed 0")  # named, not a local path
     assert (out / "emotion.safetensors").is_file() and (out / "emotion.json").is_file()
     assert (out / "model.safetensors").read_bytes() == weights
     assert (out / "config.json").read_bytes() == config

@@ -605,6 +605,31 @@ def load_manifest(cache_dir: str | Path) -> dict:
         raise InputError(f"cannot read {path}: {exc}") from None
 
 
+def describe_cache(cache_dir: str | Path) -> str:
+    """What a cache holds, in words a model card can keep: for a synthetic corpus the command
+    that regenerates it (not a local path), else its format and folder name; with the split."""
+    manifest = load_manifest(cache_dir)
+    fmt, root = manifest.get("format", "?"), Path(str(manifest.get("root", "?")))
+    split = manifest.get("split") or {}
+    split_text = (f", --split-seed {split.get('seed')}" if split.get("source") == "seeded"
+                  else "")  # else the corpus's own split column
+    if fmt == "synth":
+        try:
+            corpus = json.loads((root / MANIFEST_NAME).read_text())
+            parameters = corpus["parameters"]
+            options = [f"--speakers {parameters['speakers']}",
+                       f"--sentences {parameters['sentences']}", f"--seed {corpus['seed']}"]
+            if list(parameters["emotions"]) != list(EMOTIONS):
+                options.append(f"--emotions {','.join(parameters['emotions'])}")
+            if list(parameters["intensities"]) != [1, 2, 3]:
+                options.append(f"--intensities {','.join(map(str, parameters['intensities']))}")
+            return (f"a cache of `streamav corpus synth {' '.join(options)}` (generator "
+                    f"{corpus.get('generator_version', '?')}){split_text}")
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # the corpus moved or is gone: say what the cache itself knows
+    return f"a cache of the {fmt} corpus {root.name!r}{split_text}"
+
+
 # -- reading shards lazily -------------------------------------------------------------------
 
 

@@ -86,6 +86,7 @@ def fit_model_estimator(model: StreamingModel, cache: Path, out: Path,
                         settings: EmotionSettings | None = None, seed: int = 0) -> dict:
     """Fit the estimator on the cache's train (head) and val (temperatures) speakers; save it
     into the model folder `out`."""
+    from streamav.corpus.cache import describe_cache
     from streamav.emotion.fit import fit_estimator
 
     settings = settings or EmotionSettings()
@@ -94,6 +95,6 @@ def fit_model_estimator(model: StreamingModel, cache: Path, out: Path,
     if not train:
         raise InputError(f"no labelled clips in the train split of {cache}")
     estimator = fit_estimator(train, val, tuple(model.labels), settings, seed=seed)
-    estimator.metrics["cache"] = str(cache)
+    estimator.metrics["cache"] = describe_cache(cache)
     estimator.save(out)
     return {"estimator": estimator.metrics}
