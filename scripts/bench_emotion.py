@@ -52,7 +52,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     estimator = EmotionEstimator.load(args.model)
-    clips = [extract_clip_features(path) for path in sorted(args.clips.glob("*.flv"))]
+    paths = sorted(args.clips.glob("*.flv"))
+    if not paths:
+        parser.error(f"--clips {args.clips}: no .flv clips there (the CREMA-D clips of "
+                     "../shared/data/crema-d)")
+    clips = [extract_clip_features(path) for path in paths]
     load_before = os.getloadavg()
     plain = time_frames(estimator, clips, None, args.repeat)
     profile = Profile("bench", estimator.prior_mean.copy(),

@@ -36,13 +36,15 @@ def _int_list(text: str) -> list[int]:
 
 def default_backends(device: str) -> str:
     """eager and compile always; onnx where ONNX Runtime can run on `device`."""
+    from streamav.errors import StreamavError
+
     names = ["eager", "compile"]
     try:
         from streamav.engines.backends.onnx import providers_for
 
         providers_for(device)
         names.append("onnx")
-    except Exception as error:  # no onnxruntime, or no CUDA execution provider in it
+    except (ImportError, StreamavError) as error:  # no onnxruntime, or no CUDA provider
         print(f"bench_gpu_step: onnx left out: {error}", file=sys.stderr)
     return ",".join(names)
 

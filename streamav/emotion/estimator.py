@@ -17,9 +17,10 @@ probabilities flat. `uncertain` is set while the top probability is below `uncer
 
 Without a profile's own head, T is also multiplied by the frame's *unfamiliarity*
 max(1, r_t) ** gamma, r_t = the distance of s_t from the training examples' mean in their
-whitened principal components (those holding 99.9 % of the variance, as for the head), in units
-of the training examples' median distance. A face unlike every training face (a real person far from the synthetic ones
-the head was fitted on) gets flatter probabilities instead of a confident guess. gamma is fitted
+whitened principal components (those holding 99.9 % of the variance, as for the head), in
+units of the training examples' median distance. A face unlike every training face (a real
+person far from the synthetic ones the head was fitted on) gets flatter probabilities instead
+of a confident guess. gamma is fitted
 with T(age) on the validation speakers (NLL; 0 turns it off, as in format-1 files).
 
 Everything is numpy: the estimator runs the same after any engine (it reads the step's w when
@@ -113,8 +114,12 @@ class EmotionEstimator:
         smoothed = np.asarray(smoothed, np.float64)
         if self.familiarity_gamma == 0.0 or self.familiar_basis is None:
             return np.ones(smoothed.shape[:-1])
-        r = np.linalg.norm((smoothed - self.familiar_mean) @ self.familiar_basis.T, axis=-1)
-        return np.maximum(r, 1.0) ** self.familiarity_gamma
+        return np.maximum(self.familiarity_distance(smoothed), 1.0) ** self.familiarity_gamma
+
+    def familiarity_distance(self, smoothed: np.ndarray) -> np.ndarray:
+        """r per frame: the distance from the training frames (module doc); needs the basis."""
+        return np.linalg.norm((np.asarray(smoothed, np.float64) - self.familiar_mean)
+                              @ self.familiar_basis.T, axis=-1)
 
     def stream(self, fps: float, profile: "Profile | None" = None) -> "EmotionStream":
         return EmotionStream(self, fps, profile)

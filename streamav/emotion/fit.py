@@ -37,7 +37,7 @@ between the two strengths instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -226,7 +226,7 @@ def fit_confidence(estimator: EmotionEstimator, x: np.ndarray, truth: np.ndarray
     for each gamma of `GAMMA_GRID`, the per-bucket temperatures of the logits divided by the
     unfamiliarity; the gamma whose NLL is lowest."""
     logits = estimator.logits(x)
-    distance = replace(estimator, familiarity_gamma=1.0).unfamiliarity(x)  # max(1, r)
+    distance = np.maximum(estimator.familiarity_distance(x), 1.0)
     best = (np.inf, 0.0, np.ones(len(AGE_EDGES_S) + 1))
     for gamma in GAMMA_GRID:
         scaled = logits / (distance ** gamma)[:, None]
